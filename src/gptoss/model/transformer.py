@@ -1,0 +1,208 @@
+"""The gpt-oss network in plain PyTorch: one readable file.
+
+Parameter names follow OpenAI's ``original/`` checkpoint, so loading is a loop of copies
+(SPEC §2.2). Compute-heavy pieces go through :mod:`gptoss.ops`; no loading, generation or
+training code lives here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gptoss import ops
+from gptoss.config import ModelConfig
+from gptoss.model.cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """``x * rsqrt(mean(x^2) + eps) * scale`` in float32; scale only, no bias, not ``1 + scale``."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.scale, self.eps)
+
+
+def yarn_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """YaRN frequencies with unrounded bounds, and the concentration applied to cos and sin.
+
+    Dims below ``low`` keep their frequency, dims above ``high`` are divided by the scaling
+    factor, the ones between are blended linearly (SPEC §1.4, pitfall 5).
+    """
+    d, f = cfg.head_dim, cfg.rope_scaling_factor
+    freq = cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)  # (D/2,)
+    concentration = 0.1 * math.log(f) + 1.0
+    if f <= 1.0:
+        return (1.0 / freq).float(), 1.0
+    low = d / 2 * math.log(cfg.initial_context_length / (cfg.rope_ntk_beta * 2 * math.pi)) / math.log(cfg.rope_theta)
+    high = d / 2 * math.log(cfg.initial_context_length / (cfg.rope_ntk_alpha * 2 * math.pi)) / math.log(cfg.rope_theta)
+    assert 0 < low < high < d / 2 - 1, f"{low=} {high=}"
+    extrapolation = 1.0 / freq
+    interpolation = 1.0 / (f * freq)
+    ramp = (torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)
+    mask = 1 - ramp.clamp(0, 1)
+    inv_freq = interpolation * (1 - mask) + extrapolation * mask
+    return inv_freq.float(), concentration
+
+
+class RotaryEmbedding(nn.Module):
+    """Half-split ("NeoX") rotary embedding: dim i pairs with dim i + D/2, at absolute positions."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        inv_freq, self.concentration = yarn_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x: (B, T, ..., D)`` by ``positions: (B, T)`` (negative = padding, treated as 0)."""
+        angles = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
+        cos = (angles.cos() * self.concentration).view(*angles.shape[:2], *([1] * (x.dim() - 3)), -1)
+        sin = (angles.sin() * self.concentration).view_as(cos)
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+class AttentionBlock(nn.Module):
+    """RMSNorm -> fused qkv (with bias) -> RoPE -> GQA with learned sinks -> out projection.
+
+    Query head h reads kv head h // q_per_kv (kv-major order); even layers see only the last
+    ``sliding_window`` keys, the current one included (SPEC §1.3, pitfalls 1-3).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
+        q_dim = cfg.num_attention_heads * cfg.head_dim
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.qkv = nn.Linear(cfg.hidden_size, cfg.qkv_dim, bias=True)
+        self.sinks = nn.Parameter(torch.zeros(cfg.num_attention_heads, dtype=torch.float32))
+        self.out = nn.Linear(q_dim, cfg.hidden_size, bias=True)
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+                cache: KVCache | None) -> torch.Tensor:
+        cfg = self.cfg
+        b, t, _ = x.shape
+        n_kv, d, g = cfg.num_key_value_heads, cfg.head_dim, cfg.q_per_kv
+        qkv = self.qkv(self.norm(x))  # (B, T, qkv_dim)
+        q_end = cfg.num_attention_heads * d
+        q = qkv[..., :q_end].view(b, t, n_kv, g, d)  # (B, T, Hkv, G, D)
+        k = qkv[..., q_end:q_end + n_kv * d].view(b, t, n_kv, d)  # (B, T, Hkv, D)
+        v = qkv[..., q_end + n_kv * d:].view(b, t, n_kv, d)  # (B, T, Hkv, D)
+        q, k = rope(q, positions), rope(k, positions)
+        if cache is not None:
+            k, v, k_pos = cache.update_and_fetch(k, v, positions)  # (B, S, Hkv, D), (B, S)
+        else:
+            k_pos = positions
+        o = ops.attention(q, k, v, self.sinks, positions, k_pos, self.window, self.scale)  # (B, T, H*D)
+        return x + self.out(o)
+
+
+class MXFP4Weight(nn.Module):
+    """A packed expert weight ``[E, out, in]``: ``blocks [E, out, in/32, 16]`` and ``scales [E, out, in/32]``.
+
+    Stays packed in memory; :mod:`gptoss.ops` decodes only the experts the router selects.
+    """
+
+    def __init__(self, experts: int, out_features: int, in_features: int) -> None:
+        super().__init__()
+        g = in_features // 32
+        self.register_buffer("blocks", torch.zeros(experts, out_features, g, 16, dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(experts, out_features, g, dtype=torch.uint8))
+
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.blocks, self.scales
+
+
+class MLPBlock(nn.Module):
+    """RMSNorm -> biased router -> top-k then softmax -> clamped interleaved SwiGLU experts.
+
+    mlp1 rows interleave gate (even) and linear (odd); the gate is clamped above at
+    ``swiglu_limit``, the linear part to +-limit and shifted by +1; mlp2's bias is added per
+    expert before the routing weight (SPEC §1.5, pitfalls 6-8).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        e, h, i = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
+        self.norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.gate = nn.Linear(h, e, bias=True)
+        self.mlp1_weight = MXFP4Weight(e, 2 * i, h)
+        self.mlp1_bias = nn.Parameter(torch.zeros(e, 2 * i))
+        self.mlp2_weight = MXFP4Weight(e, h, i)
+        self.mlp2_bias = nn.Parameter(torch.zeros(e, h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        shape = x.shape
+        h = self.norm(x).reshape(-1, shape[-1])  # (B*T, H)
+        y = ops.moe(h, self.gate.weight, self.gate.bias, self.mlp1_weight.packed(), self.mlp1_bias,
+                    self.mlp2_weight.packed(), self.mlp2_bias, cfg.experts_per_token,
+                    cfg.swiglu_limit, cfg.swiglu_alpha)  # (B*T, H)
+        return x + y.view(shape)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + moe(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn = AttentionBlock(cfg, layer)
+        self.mlp = MLPBlock(cfg)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+                cache: KVCache | None) -> torch.Tensor:
+        return self.mlp(self.attn(x, positions, rope, cache))
+
+
+class Transformer(nn.Module):
+    """Embedding -> blocks -> RMSNorm -> untied unembedding (no bias, no scaling, no soft-cap)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.block = nn.ModuleList(TransformerBlock(cfg, n) for n in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.unembedding = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rope = RotaryEmbedding(cfg)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+        logit_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the network.
+
+        Args:
+            tokens: ``(B, T)`` token ids.
+            positions: ``(B, T)`` absolute positions; ``-1`` marks padding (never attended to,
+                never cached). Defaults to ``0..T-1`` for every row.
+            cache: one cache per layer (see :func:`gptoss.model.cache.make_cache`), or None.
+            logit_index: ``(B,)`` the one position per row whose logits are wanted; all
+                positions when None.
+
+        Returns:
+            float32 logits ``(B, T, V)``, or ``(B, V)`` with ``logit_index``.
+        """
+        b, t = tokens.shape
+        if positions is None:
+            positions = torch.arange(t, device=tokens.device).expand(b, t)
+        if cache is not None:
+            assert len(cache) == len(self.block), f"{len(cache)=} {len(self.block)=}"
+        x = self.embedding(tokens)  # (B, T, H)
+        for n, block in enumerate(self.block):
+            x = block(x, positions, self.rope, None if cache is None else cache[n])
+        if logit_index is not None:
+            x = x[torch.arange(b, device=x.device), logit_index]  # (B, H)
+        return self.unembedding(self.norm(x)).float()

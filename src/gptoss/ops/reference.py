@@ -1,0 +1,110 @@
+"""Plain-PyTorch compute kernels: the ground truth every faster backend is tested against.
+
+They run on any device PyTorch supports. Softmax, norms and accumulations are done in float32
+whatever the activation dtype (SPEC §1.6, pitfall 2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gptoss.weights.mxfp4 import dequantize_mxfp4
+
+# An expert weight is either dense [E, out, in] or MXFP4-packed (blocks [E, out, G, 16], scales [E, out, G]).
+ExpertWeight = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x * rsqrt(mean(x^2) + eps) * scale`` in float32, cast back to x's dtype."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (y * scale.float()).to(x.dtype)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """Grouped-query attention with learned sinks and an optional causal band.
+
+    Args:
+        q: ``(B, T, Hkv, G, D)``; query head ``h = kv * G + g`` reads kv head ``kv``.
+        k, v: ``(B, S, Hkv, D)``.
+        sinks: ``(Hkv * G,)`` one logit per query head; enlarges the softmax denominator only.
+        q_pos: ``(B, T)`` absolute positions of the queries.
+        k_pos: ``(B, S)`` absolute positions of the keys; ``-1`` marks an empty slot.
+        window: if set, key j is visible to query i only when ``j > i - window``.
+        scale: softmax scale applied to q.k (not to the sinks).
+
+    Returns:
+        ``(B, T, Hkv * G * D)`` in q's dtype.
+    """
+    b, t, hkv, g, d = q.shape
+    scores = torch.einsum("bthgd,bshd->bhgts", q.float(), k.float()) * scale  # (B, Hkv, G, T, S)
+    kp, qp = k_pos[:, None, :], q_pos[:, :, None]
+    visible = (kp >= 0) & (kp <= qp)  # (B, T, S)
+    if window is not None:
+        visible &= kp > qp - window
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    sink = sinks.float().view(1, hkv, g, 1, 1).expand(b, hkv, g, t, 1)
+    # The sink joins the max-stabilised softmax, then its column is dropped (rows may sum < 1).
+    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    out = torch.einsum("bhgts,bshd->bthgd", probs, v.float())  # (B, T, Hkv, G, D)
+    return out.reshape(b, t, hkv * g * d).to(q.dtype)
+
+
+def expert_matrix(w: ExpertWeight, e: int, dtype: torch.dtype) -> torch.Tensor:
+    """Expert e's ``[out, in]`` matrix, decoding MXFP4 on the fly if packed."""
+    if isinstance(w, tuple):
+        blocks, scales = w
+        return dequantize_mxfp4(blocks[e], scales[e], dtype)
+    return w[e].to(dtype)
+
+
+def route(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, top_k: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Biased router logits -> top-k (sorted) -> softmax over only those k (SPEC §1.5)."""
+    logits = F.linear(x, router_w, router_b)  # (N, E)
+    top, idx = torch.topk(logits, top_k, dim=-1, sorted=True)  # (N, k)
+    return torch.softmax(top.float(), dim=-1), idx
+
+
+def swiglu(u: torch.Tensor, limit: float, alpha: float) -> torch.Tensor:
+    """Clamped SwiGLU on interleaved channels: even = gate (clamped above), odd = linear (+1)."""
+    gate, lin = u[..., ::2], u[..., 1::2]
+    gate = gate.clamp(max=limit)
+    lin = lin.clamp(min=-limit, max=limit)
+    return gate * torch.sigmoid(alpha * gate) * (lin + 1)
+
+
+def moe(
+    x: torch.Tensor,
+    router_w: torch.Tensor,
+    router_b: torch.Tensor,
+    w1: ExpertWeight,
+    b1: torch.Tensor,
+    w2: ExpertWeight,
+    b2: torch.Tensor,
+    top_k: int,
+    limit: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Mixture of experts for ``x: (N, H)``; each selected expert is decoded once per call and
+    applied to all tokens routed to it (batched dispatch)."""
+    weights, idx = route(x, router_w, router_b, top_k)  # (N, k) fp32, (N, k)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in torch.unique(idx).tolist():
+        rows, slot = (idx == e).nonzero(as_tuple=True)
+        h = x[rows]  # (n, H)
+        u = F.linear(h, expert_matrix(w1, e, x.dtype), b1[e])  # (n, 2I)
+        # mlp2 bias is added per expert before the routing weight scales it (SPEC §1.5.4).
+        y = F.linear(swiglu(u, limit, alpha), expert_matrix(w2, e, x.dtype), b2[e])  # (n, H)
+        out.index_add_(0, rows, y.float() * weights[rows, slot, None])
+    return out.to(x.dtype)
