@@ -133,7 +133,9 @@ class SlidingKVCache(_RowCache):
         """Forget the last ``n`` tokens; only possible while the ring still holds the keys the
         new last token's window needs."""
         lengths = self.lengths
-        oldest_kept = torch.clamp(lengths - self.capacity, min=0)
+        held = torch.where(self.pos >= 0, self.pos, torch.iinfo(torch.long).max)
+        oldest_kept = torch.minimum(held.amin(1), lengths)
+        # The next query (position lengths - n) needs keys back to lengths - n - (window - 1).
         needed_from = torch.clamp(lengths - n - (self.window - 1), min=0)
         if n < 0 or n > int(lengths.min()) or bool((needed_from < oldest_kept).any()):
             raise ValueError(f"cannot trim {n} tokens from a sliding cache of capacity "

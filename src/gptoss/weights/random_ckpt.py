@@ -160,7 +160,7 @@ def write_random_checkpoint(
                 native_of[hf_name] = native
     weight_map = {}
     total = 0
-    for fname, idxs in zip(names, shards):
+    for fname, idxs in zip(names, shards, strict=True):
         writer = SafetensorsWriter(wdir / fname, [(entries[j][0], entries[j][2], entries[j][3]) for j in idxs])
         for j in idxs:
             name, part, _, shape = entries[j]

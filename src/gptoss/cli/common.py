@@ -1,0 +1,67 @@
+"""Helpers shared by CLI commands: error reporting, argument types, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from gptoss.config import ConfigError
+from gptoss.weights.safetensors_io import CheckpointError
+
+err_console = Console(stderr=True)
+
+
+def run_guarded(fn: Callable[[], int]) -> int:
+    """Turn expected user errors into one red line and exit status 1 (never a traceback)."""
+    try:
+        return fn()
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError, PermissionError) as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+def token_list(text: str) -> list[int]:
+    """argparse type for ``1,2,3``."""
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids like 1,2,3; got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="checkpoint directory (OpenAI original/ or Hugging Face layout)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="activation and dense-weight dtype (default: %(default)s; experts stay MXFP4)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+
+
+@contextmanager
+def byte_progress(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A progress bar advanced by byte counts; silent when stderr is not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)

@@ -1,0 +1,56 @@
+"""``gptoss <command>``: one entry point, subcommands imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gptoss import __version__
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "checkpoint": ("gptoss.cli.checkpoint", "create checkpoints (random weights for tests and benchmarks)"),
+    "inspect": ("gptoss.cli.inspect", "describe a checkpoint: layout, sizes, fingerprints, problems"),
+    "generate": ("gptoss.cli.generate", "generate tokens from a checkpoint"),
+    "bench": ("gptoss.cli.bench", "measure prefill/decode speed, memory and bandwidth use"),
+}
+
+EPILOG = """examples:
+  gptoss checkpoint random /tmp/tiny --preset tiny
+  gptoss inspect /tmp/tiny
+  gptoss generate --model /tmp/tiny --tokens 1,2,3 --max-tokens 8 --temperature 0
+  gptoss bench --model /tmp/tiny --prompt-tokens 128 --gen-tokens 16
+"""
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptoss", description="Local, private runtime for OpenAI's gpt-oss models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gptoss {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in argv if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == wanted:  # only the chosen command's module is imported
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    from gptoss.cli.common import run_guarded
+
+    return run_guarded(lambda: module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
