@@ -138,7 +138,10 @@ class ModelConfig:
         for k in ("rope_theta", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta",
                   "swiglu_limit", "rms_norm_eps", "swiglu_alpha"):
             if k in values:
-                values[k] = float(values[k])
+                try:
+                    values[k] = float(values[k])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{k} must be a number, got {values[k]!r}") from None
         return cls(**values, unknown_keys=tuple(sorted(unknown)))
 
     def to_original_dict(self) -> dict[str, Any]:

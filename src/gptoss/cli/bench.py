@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
             progress.advance(task)
     assert len(bg.generated[0]) == args.gen_tokens and bg.done
 
-    peak = stats.peak_rss_bytes()  # before the bandwidth buffer exists (ru_maxrss never falls)
     rss = stats.current_rss_bytes()
+    peak = max(stats.peak_rss_bytes(), rss)  # read before the bandwidth buffer exists: it never falls
     del bg
     bandwidth = stats.measure_memory_bandwidth(device=model.device)
 
@@ -174,14 +174,13 @@ def run(args: argparse.Namespace) -> int:
     r = result
     rows = [
         ("dtype / device / threads", f"{r.dtype} / {r.device} / {r.threads}", ""),
-        ("load", f"{r.load_seconds:.3f} s", "includes paging the weights in"),
-        ("prefill", f"{_fmt_rate(r.prefill_tok_s)} tok/s", f"{r.prompt_tokens} tokens in {r.prefill_seconds:.3f} s"),
-        ("decode", f"{_fmt_rate(r.decode_tok_s)} tok/s",
-         f"{r.decode_tokens} steps in {r.decode_seconds:.3f} s ({r.gen_tokens} tokens generated)"),
+        ("load", f"{r.load_seconds:.3f} s", "incl. paging weights in"),
+        ("prefill", f"{_fmt_rate(r.prefill_tok_s)} tok/s", f"{r.prompt_tokens} tokens, {r.prefill_seconds:.3f} s"),
+        ("decode", f"{_fmt_rate(r.decode_tok_s)} tok/s", f"{r.decode_tokens} steps, {r.decode_seconds:.3f} s"),
         ("peak RSS", _fmt_bytes(r.peak_rss_bytes), f"now {_fmt_bytes(r.rss_bytes)}"),
-        ("weights read / token", _fmt_bytes(r.weight_bytes_read_per_token), "KV cache not counted"),
-        ("memory bandwidth", f"{r.bandwidth_bytes_s / 1e9:.1f} GB/s", "best copy, read + write"),
-        ("bandwidth share", f"{r.bandwidth_share:.1%}", "weights read / token x decode tok/s / bandwidth"),
+        ("weights read / token", _fmt_bytes(r.weight_bytes_read_per_token), "KV cache excluded"),
+        ("memory bandwidth", f"{r.bandwidth_bytes_s / 1e9:.1f} GB/s", "best copy, read+write"),
+        ("bandwidth share", f"{r.bandwidth_share:.1%}", "weights x tok/s / bandwidth"),
     ]
     for row in rows:
         table.add_row(*row)

@@ -64,6 +64,9 @@ def _detect(path: Path) -> tuple[str, Path]:
     if cfg.is_file():
         data = _read_json(cfg)
         if data.get("model_type") == "gpt_oss" or "num_local_experts" in data:
+            has_weights = any(path.glob("*.safetensors")) or (path / INDEX_NAME).is_file()
+            if not has_weights and (path / "original" / "config.json").is_file():
+                return "original", path / "original"  # HF config shipped without HF weights
             return "hf", path
         if (path / "original" / "config.json").is_file():
             return "original", path / "original"
@@ -97,12 +100,16 @@ def open_checkpoint(path: str | Path, strict_config: bool = True) -> Checkpoint:
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index_path}: missing or empty 'weight_map'")
+        bad = [t for t, v in weight_map.items() if not (isinstance(v, str) and v)]
+        if bad:
+            raise CheckpointError(f"{index_path}: weight_map entry for tensor {bad[0]!r} is "
+                                  f"{weight_map[bad[0]]!r}, expected a file name")
         names = sorted(set(weight_map.values()))
         for n in names:
             if not (wdir / n).is_file():
                 raise CheckpointError(f"{wdir / n}: shard listed in {INDEX_NAME} is missing")
         files = [SafetensorsFile(wdir / n) for n in names]
-        by_name = {f.path.name: f for f in files}
+        by_name = dict(zip(names, files, strict=True))
         for tensor, fname in weight_map.items():
             if tensor not in by_name[fname].tensors:
                 raise CheckpointError(f"{wdir / fname}: tensor {tensor!r} listed in {INDEX_NAME} "

@@ -1,0 +1,108 @@
+"""``gptoss bench`` end to end on a tiny random checkpoint, and the measurement helpers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from gptoss.cli.main import main
+from gptoss.config import preset
+from gptoss.engine import stats
+from gptoss.weights.random_ckpt import write_random_checkpoint
+
+FIELDS = {
+    "model", "dtype", "device", "threads", "prompt_tokens", "gen_tokens", "decode_tokens", "load_seconds",
+    "prefill_seconds", "prefill_tok_s", "decode_seconds", "decode_tok_s", "peak_rss_bytes", "rss_bytes",
+    "weight_bytes_read_per_token", "bandwidth_bytes_s", "bandwidth_share",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_bench")
+    write_random_checkpoint(path, preset("tiny", num_hidden_layers=2), "original", seed=0)
+    return path
+
+
+def test_bench_writes_json_and_table(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "nested" / "dir" / "bench.json"  # parent dirs are created
+    rc = main(["bench", "--model", str(tiny_ckpt), "--prompt-tokens", "16", "--gen-tokens", "4",
+               "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert set(d) >= FIELDS
+    assert d["model"] == str(tiny_ckpt)
+    assert d["dtype"] == "bfloat16" and d["device"] == "cpu" and d["threads"] >= 1
+    assert d["prompt_tokens"] == 16 and d["gen_tokens"] == 4 and d["decode_tokens"] == 3
+    for key in ("load_seconds", "prefill_seconds", "decode_seconds", "prefill_tok_s", "decode_tok_s",
+                "bandwidth_bytes_s"):
+        assert d[key] > 0, key
+    assert d["prefill_tok_s"] == pytest.approx(16 / d["prefill_seconds"])
+    assert d["decode_tok_s"] == pytest.approx(3 / d["decode_seconds"])
+    assert d["peak_rss_bytes"] > 10 * 1024**2 and d["peak_rss_bytes"] >= d["rss_bytes"] > 0
+    assert d["weight_bytes_read_per_token"] == preset("tiny", num_hidden_layers=2).weight_bytes()["read_per_token"]
+    assert d["bandwidth_bytes_s"] > 100e6
+    assert 0 < d["bandwidth_share"] < 10
+    assert d["bandwidth_share"] == pytest.approx(
+        d["weight_bytes_read_per_token"] * d["decode_tok_s"] / d["bandwidth_bytes_s"])
+    table = capsys.readouterr().out
+    for label in ("prefill", "decode", "peak RSS", "memory bandwidth", "bandwidth share"):
+        assert label in table
+
+
+def test_bench_threads_and_float32(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", str(tiny_ckpt), "--prompt-tokens", "4", "--gen-tokens", "2",
+               "--dtype", "float32", "--threads", "1", "--seed", "3", "--no-warmup", "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert d["dtype"] == "float32" and d["threads"] == 1 and d["decode_tokens"] == 1
+    bf16_read = preset("tiny", num_hidden_layers=2).weight_bytes()["read_per_token"]
+    assert bf16_read < d["weight_bytes_read_per_token"] < 2 * bf16_read  # dense doubles, MXFP4 does not
+
+
+def test_bench_rejects_one_gen_token(tiny_ckpt: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--model", str(tiny_ckpt), "--gen-tokens", "1"])
+    assert e.value.code == 2
+
+
+def test_bench_missing_checkpoint_is_an_error(tmp_path: Path) -> None:
+    assert main(["bench", "--model", str(tmp_path / "nope")]) == 1
+
+
+def test_measure_memory_bandwidth_is_plausible_and_bounded() -> None:
+    t0 = time.perf_counter()
+    bw = stats.measure_memory_bandwidth(seconds=0.2, nbytes=32 * 1024**2)
+    elapsed = time.perf_counter() - t0
+    assert 100e6 < bw < 1e13
+    assert elapsed < 10
+
+
+def test_measure_memory_bandwidth_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        stats.measure_memory_bandwidth(seconds=0)
+    with pytest.raises(ValueError):
+        stats.measure_memory_bandwidth(nbytes=100)
+
+
+def test_rss_helpers() -> None:
+    rss = stats.current_rss_bytes()
+    assert rss > 1024**2
+    assert stats.peak_rss_bytes() >= rss * 0.9  # a high-water mark (KiB converted to bytes)
+
+
+def test_bench_result_to_dict_round_trips() -> None:
+    r = stats.BenchResult(model="m", dtype="bfloat16", device="cpu", threads=1, prompt_tokens=2, gen_tokens=3,
+                          decode_tokens=2, load_seconds=1.0, prefill_seconds=0.5, prefill_tok_s=4.0,
+                          decode_seconds=1.0, decode_tok_s=2.0, peak_rss_bytes=10, rss_bytes=9,
+                          weight_bytes_read_per_token=100, bandwidth_bytes_s=1000.0,
+                          bandwidth_share=stats.bandwidth_share(100, 2.0, 1000.0))
+    d = r.to_dict()
+    assert set(d) == FIELDS
+    assert d["bandwidth_share"] == pytest.approx(0.2)
+    assert stats.BenchResult(**d) == r
+    assert stats.bandwidth_share(100, 2.0, 0.0) == 0.0
