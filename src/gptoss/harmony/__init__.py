@@ -1,0 +1,1 @@
+"""Harmony: conversation building, rendering and a tolerant streaming parser (SPEC §4)."""
