@@ -12,7 +12,8 @@ from gptoss import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "checkpoint": ("gptoss.cli.checkpoint", "create checkpoints (random weights for tests and benchmarks)"),
     "inspect": ("gptoss.cli.inspect", "describe a checkpoint: layout, sizes, fingerprints, problems"),
-    "generate": ("gptoss.cli.generate", "generate tokens from a checkpoint"),
+    "chat": ("gptoss.cli.chat", "talk to a model interactively (streaming, reasoning, tools)"),
+    "generate": ("gptoss.cli.generate", "answer one prompt (or continue raw token ids)"),
     "bench": ("gptoss.cli.bench", "measure prefill/decode speed, memory and bandwidth use"),
 }
 
