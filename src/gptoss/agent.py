@@ -124,7 +124,8 @@ class Agent:
             recoveries += parser.recoveries
             new = parser.messages
             produced += new
-            history += [m.to_harmony() for m in new]
+            # Only assistant turns enter history: a hallucinated user or tool turn must not.
+            history += [m.to_harmony() for m in new if m.role == "assistant"]
             usage.reasoning_tokens += sum(len(m.tokens) for m in new
                                           if m.channel == "analysis" and m.recipient is None)
             calls = [m for m in new if m.is_tool_call]
