@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
 
-# Debian packages the project needs (none yet for the model runtime; bubblewrap arrives with the
-# python tool). Installed only when missing, and only where apt can be used.
-APT_PACKAGES=()
+# Debian packages the project needs: bubblewrap sandboxes the python tool. Installed only when
+# missing, and only where apt can be used.
+APT_PACKAGES=(bubblewrap)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

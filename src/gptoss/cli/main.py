@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("gptoss.cli.chat", "talk to a model interactively (streaming, reasoning, tools)"),
     "generate": ("gptoss.cli.generate", "answer one prompt (or continue raw token ids)"),
     "bench": ("gptoss.cli.bench", "measure prefill/decode speed, memory and bandwidth use"),
+    "serve": ("gptoss.cli.serve", "OpenAI-compatible Responses and Chat Completions server"),
+    "index": ("gptoss.cli.index", "build the local search index used by the browser tool"),
+    "doctor": ("gptoss.cli.doctor", "report offline guard, sandbox, model and index status"),
 }
 
 EPILOG = """examples:
