@@ -14,7 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from gptoss.config import ConfigError
 from gptoss.weights.safetensors_io import CheckpointError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line in logs and pipes
 
 
 def run_guarded(fn: Callable[[], int]) -> int:

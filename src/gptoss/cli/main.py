@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("gptoss.cli.inspect", "describe a checkpoint: layout, sizes, fingerprints, problems"),
     "chat": ("gptoss.cli.chat", "talk to a model interactively (streaming, reasoning, tools)"),
     "generate": ("gptoss.cli.generate", "answer one prompt (or continue raw token ids)"),
+    "train": ("gptoss.cli.train", "train or fine-tune on harmony conversations (JSONL)"),
     "bench": ("gptoss.cli.bench", "measure prefill/decode speed, memory and bandwidth use"),
     "serve": ("gptoss.cli.serve", "OpenAI-compatible Responses and Chat Completions server"),
     "index": ("gptoss.cli.index", "build the local search index used by the browser tool"),

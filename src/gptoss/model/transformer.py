@@ -120,6 +120,27 @@ class MXFP4Weight(nn.Module):
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.blocks, self.scales
 
+    def op_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.packed()
+
+
+class DenseExpertWeight(nn.Module):
+    """A floating-point expert weight ``[E, out, in]``: what training needs (gradients want
+    floats). :func:`gptoss.train.experts.dequantize_experts` swaps it in for MXFP4Weight."""
+
+    def __init__(self, weight: torch.Tensor, fake_quant: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.fake_quant = fake_quant  # train through MXFP4 rounding (straight-through estimator)
+
+    def op_weight(self) -> torch.Tensor:
+        if not self.fake_quant:
+            return self.weight
+        from gptoss.weights.mxfp4 import dequantize_mxfp4, quantize_mxfp4
+
+        q = dequantize_mxfp4(*quantize_mxfp4(self.weight), self.weight.dtype)
+        return self.weight + (q - self.weight).detach()
+
 
 class MLPBlock(nn.Module):
     """RMSNorm -> biased router -> top-k then softmax -> clamped interleaved SwiGLU experts.
@@ -144,8 +165,8 @@ class MLPBlock(nn.Module):
         cfg = self.cfg
         shape = x.shape
         h = self.norm(x).reshape(-1, shape[-1])  # (B*T, H)
-        y = ops.moe(h, self.gate.weight, self.gate.bias, self.mlp1_weight.packed(), self.mlp1_bias,
-                    self.mlp2_weight.packed(), self.mlp2_bias, cfg.experts_per_token,
+        y = ops.moe(h, self.gate.weight, self.gate.bias, self.mlp1_weight.op_weight(), self.mlp1_bias,
+                    self.mlp2_weight.op_weight(), self.mlp2_bias, cfg.experts_per_token,
                     cfg.swiglu_limit, cfg.swiglu_alpha)  # (B*T, H)
         return x + y.view(shape)
 
@@ -181,6 +202,7 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         cache: list[KVCache] | None = None,
         logit_index: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
         """Run the network.
 
@@ -191,6 +213,8 @@ class Transformer(nn.Module):
             cache: one cache per layer (see :func:`gptoss.model.cache.make_cache`), or None.
             logit_index: ``(B,)`` the one position per row whose logits are wanted; all
                 positions when None.
+            return_hidden: return the final-normed hidden states instead of logits (training
+                unembeds only the positions it scores, in chunks).
 
         Returns:
             float32 logits ``(B, T, V)``, or ``(B, V)`` with ``logit_index``.
@@ -205,4 +229,6 @@ class Transformer(nn.Module):
             x = block(x, positions, self.rope, None if cache is None else cache[n])
         if logit_index is not None:
             x = x[torch.arange(b, device=x.device), logit_index]  # (B, H)
+        if return_hidden:
+            return self.norm(x)
         return self.unembedding(self.norm(x)).float()

@@ -1,0 +1,117 @@
+"""Harmony conversations -> token ids and loss masks.
+
+A training example looks exactly like inference: the context is rendered as the engine would
+render it (earlier turns' analysis dropped), and only the tokens the model itself would sample
+in the last turn are learned -- assistant headers after ``<|start|>assistant``, contents and
+terminators, the final answer ending in ``<|return|>``. Tool results, user and system text are
+context only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from openai_harmony import Message, Role
+
+from gptoss.harmony.render import filter_history, harmony_encoding, system_message
+from gptoss.tokenizer import SPECIAL_TOKENS, get_tokenizer
+
+RETURN, END = SPECIAL_TOKENS["<|return|>"], SPECIAL_TOKENS["<|end|>"]
+
+
+@dataclass
+class Example:
+    tokens: list[int]
+    mask: list[bool]  # mask[i]: token i is a learned target (predicted from tokens[:i])
+
+    def __post_init__(self) -> None:
+        assert len(self.tokens) == len(self.mask), f"{len(self.tokens)=} {len(self.mask)=}"
+
+
+def message_from_dict(d: dict) -> Message:
+    d = dict(d)
+    if isinstance(d.get("content"), str):
+        d["content"] = [{"type": "text", "text": d["content"]}]
+    return Message.from_dict(d)
+
+
+def encode_conversation(messages: Sequence[Message]) -> Example:
+    """Tokens and targets for the last turn of ``messages`` (its assistant messages)."""
+    enc = harmony_encoding()
+    messages = list(messages)
+    if not messages or messages[0].author.role != Role.SYSTEM:
+        messages.insert(0, system_message())
+    last_user = max((i for i, m in enumerate(messages) if m.author.role in (Role.USER, Role.DEVELOPER,
+                                                                             Role.SYSTEM)), default=0)
+    context = filter_history(messages[:last_user + 1])
+    turn = messages[last_user + 1:]
+    if not any(m.author.role == Role.ASSISTANT for m in turn):
+        raise ValueError("the conversation has no assistant message after its last user message")
+    prefix = [SPECIAL_TOKENS["<|start|>"], *get_tokenizer().encode("assistant")]
+    tokens: list[int] = []
+    mask: list[bool] = []
+    for m in context:
+        t = enc.render(m)
+        tokens += t
+        mask += [False] * len(t)
+    last_assistant = max(i for i, m in enumerate(turn) if m.author.role == Role.ASSISTANT)
+    for i, m in enumerate(turn):
+        t = list(enc.render(m))
+        if m.author.role != Role.ASSISTANT:
+            tokens += t
+            mask += [False] * len(t)
+            continue
+        if i == last_assistant and m.channel == "final" and t[-1] == END:
+            t[-1] = RETURN  # the answer that ends a turn is sampled with <|return|>
+        assert t[:len(prefix)] == prefix, f"{t[:4]=}"
+        tokens += t
+        mask += [False] * len(prefix) + [True] * (len(t) - len(prefix))
+    return Example(tokens, mask)
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    """One conversation per line: ``{"messages": [...]}`` in openai-harmony's message JSON
+    (``gptoss chat``'s /save format; ``content`` may be a plain string)."""
+    path = Path(path)
+    examples = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read training data ({e.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            examples.append(encode_conversation([message_from_dict(m) for m in data["messages"]]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{n}: not a harmony conversation ({type(e).__name__}: {e})") from None
+    if not examples:
+        raise ValueError(f"{path}: no conversations")
+    return examples
+
+
+def batches(examples: Sequence[Example], batch_size: int, max_len: int, seed: int,
+            epochs: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, right-padded ``(tokens, mask)`` batches, ``(B, T)`` each; endless by default."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        rng.shuffle(order)
+        for i in range(0, len(order), batch_size):
+            chunk = [examples[j] for j in order[i:i + batch_size]]
+            t = min(max(len(e.tokens) for e in chunk), max_len)
+            tokens = torch.zeros(len(chunk), t, dtype=torch.long)
+            mask = torch.zeros(len(chunk), t, dtype=torch.bool)
+            for r, e in enumerate(chunk):
+                n = min(len(e.tokens), t)
+                tokens[r, :n] = torch.tensor(e.tokens[:n])
+                mask[r, :n] = torch.tensor(e.mask[:n])
+            yield tokens, mask
+        epoch += 1
