@@ -54,6 +54,10 @@ class ModelConfig:
     # Not in original/config.json; fixed by the architecture (SPEC §1.1).
     rms_norm_eps: float = 1e-5
     swiglu_alpha: float = 1.702
+    # Trimmed vocabulary (small playground models only): token ids that keep their own
+    # embedding/unembedding row, in row order. Other ids share one fallback embedding row and
+    # are never sampled. None = every id has a row (all real checkpoints).
+    kept_token_ids: tuple[int, ...] | None = None
     # Extra keys that were present but not understood (kept so `inspect` can report them).
     unknown_keys: tuple[str, ...] = field(default=(), compare=False)
 
@@ -78,6 +82,10 @@ class ModelConfig:
         for name in ("hidden_size", "intermediate_size"):
             if getattr(self, name) % 32:
                 problems.append(f"{name} ({getattr(self, name)}) must be a multiple of 32 (MXFP4 block)")
+        if self.kept_token_ids is not None:
+            ids = self.kept_token_ids
+            if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= self.vocab_size:
+                problems.append(f"kept_token_ids must be distinct ids in [0, {self.vocab_size})")
         if self.rope_theta <= 1 or self.rope_scaling_factor < 1:
             problems.append("rope_theta must be > 1 and rope_scaling_factor >= 1")
         if problems:
@@ -87,6 +95,15 @@ class ModelConfig:
     @property
     def q_per_kv(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def embedding_rows(self) -> int:
+        """Embedding rows: one per kept id plus the fallback row when the vocabulary is trimmed."""
+        return self.vocab_size if self.kept_token_ids is None else len(self.kept_token_ids) + 1
+
+    @property
+    def unembedding_rows(self) -> int:
+        return self.vocab_size if self.kept_token_ids is None else len(self.kept_token_ids)
 
     @property
     def qkv_dim(self) -> int:
@@ -135,6 +152,11 @@ class ModelConfig:
             if list(lt) != expected:
                 raise ConfigError("layer_types must alternate sliding_attention/full_attention "
                                   "starting with sliding, one entry per layer")
+        if values.get("kept_token_ids") is not None:
+            try:
+                values["kept_token_ids"] = tuple(int(i) for i in values["kept_token_ids"])
+            except (TypeError, ValueError):
+                raise ConfigError("kept_token_ids must be a list of token ids") from None
         for k in ("rope_theta", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta",
                   "swiglu_limit", "rms_norm_eps", "swiglu_alpha"):
             if k in values:
@@ -151,12 +173,17 @@ class ModelConfig:
                 "num_attention_heads", "num_key_value_heads", "sliding_window",
                 "initial_context_length", "rope_theta", "rope_scaling_factor",
                 "rope_ntk_alpha", "rope_ntk_beta"]
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        if self.kept_token_ids is not None:
+            out["kept_token_ids"] = list(self.kept_token_ids)
+        return out
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A transformers-compatible config.json (SPEC §2.3: rope_scaling + top-level rope_theta,
         truncate false, max_position_embeddings = L0 * factor)."""
         n = self.num_hidden_layers
+        if self.kept_token_ids is not None:
+            raise ValueError("a trimmed-vocabulary model has no Hugging Face equivalent; use the original layout")
         return {
             "architectures": ["GptOssForCausalLM"],
             "model_type": "gpt_oss",
@@ -207,11 +234,11 @@ class ModelConfig:
         expert = 2 * i * h + 2 * i + h * i + h
         router = e * h + e
         moe = h + router + e * expert
-        emb = self.vocab_size * h
-        total = n * (attn + moe) + 2 * emb + h
-        active = n * (attn + h + router + self.experts_per_token * expert) + emb + h
+        emb, unemb = self.embedding_rows * h, self.unembedding_rows * h
+        total = n * (attn + moe) + emb + unemb + h
+        active = n * (attn + h + router + self.experts_per_token * expert) + unemb + h
         return {"total": total, "attention": n * attn, "moe": n * moe, "embedding": emb,
-                "unembedding": emb, "active_per_token": active}
+                "unembedding": unemb, "active_per_token": active}
 
     def weight_bytes(self) -> dict[str, int]:
         """Bytes as stored: MXFP4 experts (17 bytes per 32 weights), everything else BF16."""

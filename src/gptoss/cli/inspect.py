@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]{info['path']}[/]  layout: [cyan]{info['layout']}[/]  config: {info['config_file']}")
     t = Table(title="config", show_header=False)
     for k, v in info["config"].items():
-        t.add_row(k, str(v))
+        t.add_row(k, f"{len(v)} ids (trimmed vocabulary)" if k == "kept_token_ids" else str(v))
     console.print(t)
     p, b = info["parameters"], info["bytes"]
     s = Table(title="size", show_header=False)

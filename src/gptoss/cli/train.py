@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", metavar="PATH", help="checkpoint to fine-tune")
     src.add_argument("--preset", choices=sorted(PRESETS), help="train from scratch with this shape")
     p.add_argument("--layers", type=positive_int, help="with --preset: number of layers")
+    p.add_argument("--trim-vocab", action="store_true",
+                   help="with --preset: keep embedding rows only for ids in the data (+ harmony specials)")
     p.add_argument("--data", required=True, type=Path, help="training conversations (JSONL)")
     p.add_argument("--eval-data", type=Path, help="held-out conversations (JSONL)")
     p.add_argument("--out", required=True, dest="out_dir", help=TrainingArgs.__dataclass_fields__["out_dir"]
@@ -73,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = preset(args.preset)
         if args.layers:
             cfg = dataclasses.replace(cfg, num_hidden_layers=args.layers)
+        if args.trim_vocab:
+            cfg = dataclasses.replace(cfg, kept_token_ids=kept_ids([*data, *eval_data]))
+            lineage["kept_token_ids"] = len(cfg.kept_token_ids)
         with tempfile.TemporaryDirectory() as tmp:
             write_random_checkpoint(tmp, cfg, "original", targs.seed)
             model = gptoss.load(tmp, dtype="float32").transformer
@@ -100,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
     wdir = trainer.export()
     console.print(f"exported {wdir} (lineage in {wdir / 'lineage.json'})", highlight=False)
     return 0
+
+
+def kept_ids(examples) -> tuple[int, ...]:
+    """Every id the data uses plus the harmony special range (199998..200018)."""
+    ids = set(range(199998, 200019))
+    for e in examples:
+        ids.update(e.tokens)
+    return tuple(sorted(ids))
 
 
 def _materialise(model):

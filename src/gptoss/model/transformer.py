@@ -184,17 +184,41 @@ class TransformerBlock(nn.Module):
         return self.mlp(self.attn(x, positions, rope, cache))
 
 
+class TrimmedVocab(nn.Module):
+    """Id <-> row maps for a trimmed vocabulary (playground models). Ids without a row embed
+    as the fallback row and get -inf logits, so they are never sampled."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        kept = torch.tensor(cfg.kept_token_ids, dtype=torch.long)
+        to_row = torch.full((cfg.vocab_size,), len(kept), dtype=torch.long)  # fallback row
+        to_row[kept] = torch.arange(len(kept))
+        self.register_buffer("to_row", to_row, persistent=False)
+        self.register_buffer("kept", kept, persistent=False)
+        self.vocab_size = cfg.vocab_size
+
+    def rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.to_row[tokens]
+
+    def expand(self, logits: torch.Tensor) -> torch.Tensor:
+        """Row logits ``(..., kept)`` -> full-vocabulary logits ``(..., V)``."""
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        full[..., self.kept] = logits
+        return full
+
+
 class Transformer(nn.Module):
     """Embedding -> blocks -> RMSNorm -> untied unembedding (no bias, no scaling, no soft-cap)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embedding = nn.Embedding(cfg.embedding_rows, cfg.hidden_size)
         self.block = nn.ModuleList(TransformerBlock(cfg, n) for n in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.unembedding = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.unembedding = nn.Linear(cfg.hidden_size, cfg.unembedding_rows, bias=False)
         self.rope = RotaryEmbedding(cfg)
+        self.vocab = TrimmedVocab(cfg) if cfg.kept_token_ids is not None else None
 
     def forward(
         self,
@@ -224,11 +248,12 @@ class Transformer(nn.Module):
             positions = torch.arange(t, device=tokens.device).expand(b, t)
         if cache is not None:
             assert len(cache) == len(self.block), f"{len(cache)=} {len(self.block)=}"
-        x = self.embedding(tokens)  # (B, T, H)
+        x = self.embedding(tokens if self.vocab is None else self.vocab.rows(tokens))  # (B, T, H)
         for n, block in enumerate(self.block):
             x = block(x, positions, self.rope, None if cache is None else cache[n])
         if logit_index is not None:
             x = x[torch.arange(b, device=x.device), logit_index]  # (B, H)
         if return_hidden:
             return self.norm(x)
-        return self.unembedding(self.norm(x)).float()
+        logits = self.unembedding(self.norm(x)).float()
+        return logits if self.vocab is None else self.vocab.expand(logits)

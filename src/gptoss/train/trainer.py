@@ -80,6 +80,10 @@ def masked_loss(model: Transformer, tokens: torch.Tensor, mask: torch.Tensor, ch
     target_mask = mask[:, 1:]
     h = hidden[:, :-1][target_mask]  # (N, H)
     targets = tokens[:, 1:][target_mask]  # (N,)
+    if model.vocab is not None:  # trimmed vocabulary: score against rows
+        targets = model.vocab.rows(targets)
+        if bool((targets >= model.unembedding.out_features).any()):
+            raise ValueError("training targets include token ids outside the model's kept vocabulary")
     if targets.numel() == 0:
         return hidden.sum() * 0.0, 0, 0
 

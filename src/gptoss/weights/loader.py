@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gptoss.model.transformer import RotaryEmbedding, Transformer
+from gptoss.model.transformer import RotaryEmbedding, Transformer, TrimmedVocab
 from gptoss.weights.checkpoint import Checkpoint, open_checkpoint, read_native_tensors
 
 # Small tensors kept in float32 whatever the compute dtype (the reference does the same).
@@ -46,6 +46,8 @@ def build_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device) -> T
         state[name] = t.to(device)
     model.load_state_dict(state, strict=True, assign=True)
     model.rope = RotaryEmbedding(ckpt.config).to(device)
+    if ckpt.config.kept_token_ids is not None:
+        model.vocab = TrimmedVocab(ckpt.config).to(device)
     model.requires_grad_(False)
     return model.eval()
 
