@@ -19,6 +19,9 @@ What is timed, in order:
    calls: progress-bar updates are outside the clock); the last step, which only samples, is not.
    ``decode tok/s = (gen_tokens - 1) / decode seconds``.
 
+The ops backend is the one ``--ops`` chose (default ``auto``: the packed-MXFP4 C kernels of
+:mod:`gptoss.ops.cpu` on a CPU when they build); the table and the JSON (``"ops"``) name it.
+
 Then the peak RSS is read, and only after that the host memory bandwidth is measured (a 256 MiB
 copy; see :mod:`gptoss.engine.stats`), so its buffer never inflates the reported peak.
 ``bandwidth share = weight bytes read per token * decode tok/s / bandwidth``: near 1 means decode
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from gptoss import ops
     from gptoss.api import Model
     from gptoss.engine import stats
     from gptoss.engine.generate import BatchGenerator
@@ -167,6 +171,11 @@ def run(args: argparse.Namespace) -> int:
         weight_bytes_read_per_token=read, bandwidth_bytes_s=bandwidth,
         bandwidth_share=stats.bandwidth_share(read, decode_tok_s, bandwidth))
 
+    backend = ops.backend_name()
+    if backend == "cpu":
+        from gptoss.ops import cpu
+
+        backend = f"cpu ({cpu.kernel_info()['impl']} kernel)"
     table = Table(title=f"gptoss bench: {args.model}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -174,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     r = result
     rows = [
         ("dtype / device / threads", f"{r.dtype} / {r.device} / {r.threads}", ""),
+        ("ops backend", backend, "--ops"),
         ("load", f"{r.load_seconds:.3f} s", "incl. paging weights in"),
         ("prefill", f"{_fmt_rate(r.prefill_tok_s)} tok/s", f"{r.prompt_tokens} tokens, {r.prefill_seconds:.3f} s"),
         ("decode", f"{_fmt_rate(r.decode_tok_s)} tok/s", f"{r.decode_tokens} steps, {r.decode_seconds:.3f} s"),
@@ -189,5 +199,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        out.write_text(json.dumps({**result.to_dict(), "ops": backend}, indent=2) + "\n")
     return 0

@@ -53,6 +53,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="activation and dense-weight dtype (default: %(default)s; experts stay MXFP4)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    p.add_argument("--ops", default="auto", choices=["auto", "reference", "cpu"],
+                   help="compute kernels: cpu = packed-MXFP4 C kernels (compiled on first use), reference = "
+                        "plain PyTorch, auto = cpu on a CPU device when its kernels build (default: %(default)s)")
 
 
 @contextmanager

@@ -54,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     from gptoss.cli.common import run_guarded
 
-    return run_guarded(lambda: module.run(args))
+    def run() -> int:
+        if getattr(args, "ops", None) is not None:  # commands with add_model_arguments
+            from gptoss import ops
+
+            ops.select_backend(args.ops, device=getattr(args, "device", "cpu"))
+        return module.run(args)
+
+    return run_guarded(run)
 
 
 if __name__ == "__main__":
