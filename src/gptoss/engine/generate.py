@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gptoss.engine.sampling import SamplingParams, make_sampler
+from gptoss.engine.sampling import LogitsProcessor, SamplingParams, make_sampler
 from gptoss.model.cache import make_cache
 from gptoss.model.transformer import Transformer
 
@@ -41,11 +41,16 @@ def check_tokens(tokens: Sequence[int], vocab_size: int) -> list[int]:
 
 
 class BatchGenerator:
-    """Prefill then decode several sequences together."""
+    """Prefill then decode several sequences together.
+
+    ``logits_processors`` (optional, one per row, ``None`` for none) rewrite a row's logits before
+    each sample, e.g. a grammar mask for structured outputs (:data:`LogitsProcessor`).
+    """
 
     def __init__(self, model: Transformer, prompts: Sequence[Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams],
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 logits_processors: Sequence[LogitsProcessor | None] | None = None) -> None:
         cfg = model.config
         self.model = model
         self.prompts = [check_tokens(p, cfg.vocab_size) for p in prompts]
@@ -58,6 +63,9 @@ class BatchGenerator:
         self.device = model.embedding.weight.device
         self.dtype = model.embedding.weight.dtype
         self.samplers = [make_sampler(p.temperature, p.top_p, p.top_k, p.seed) for p in self.params]
+        self.processors = list(logits_processors) if logits_processors is not None else [None] * b
+        if len(self.processors) != b:
+            raise ValueError(f"{len(self.processors)} logits processors for {b} prompts")
         self.cache = make_cache(cfg, b, self.dtype, self.device)
         self.prefill_chunk = prefill_chunk
         self.lengths = [len(p) for p in self.prompts]
@@ -102,7 +110,10 @@ class BatchGenerator:
         for r, params in enumerate(self.params):
             if self.finished[r]:
                 continue
-            tok = self.samplers[r](self._next_logits[r])
+            row_logits = self._next_logits[r]
+            if self.processors[r] is not None:
+                row_logits = self.processors[r](self.generated[r], row_logits)
+            tok = self.samplers[r](row_logits)
             self.generated[r].append(tok)
             reason = ("stop" if tok in params.stop
                       else "length" if len(self.generated[r]) >= params.max_tokens else None)

@@ -7,12 +7,16 @@ or a host sync; the noise comes from a per-request ``torch.Generator`` so a seed
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 Sampler = Callable[[torch.Tensor], int]
+# A per-row hook run before sampling: (tokens generated so far for the row, logits (V,)) -> the logits
+# to sample from (e.g. with disallowed tokens set to -inf by a grammar). It sees every sampled token
+# through the growing list, so it can keep its own state (a parser, a grammar matcher) in step.
+LogitsProcessor = Callable[[Sequence[int], torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,10 @@
+"""OpenAI-compatible Responses and Chat Completions server (``gptoss serve``).
+
+``create_app(engine)`` builds the FastAPI app; an engine is a :class:`~gptoss.server.engine.ModelEngine`
+(a loaded model behind one worker thread) or, in tests, a :class:`~gptoss.server.engine.StubEngine`.
+"""
+
+from gptoss.server.app import create_app
+from gptoss.server.engine import Engine, EngineBusy, ModelEngine, StubEngine
+
+__all__ = ["Engine", "EngineBusy", "ModelEngine", "StubEngine", "create_app"]

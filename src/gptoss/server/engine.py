@@ -1,0 +1,273 @@
+"""What the server generates with: a small :class:`Engine` protocol and two implementations.
+
+- :class:`ModelEngine` owns a loaded model and one worker thread. Requests wait in a bounded queue
+  (full -> :class:`EngineBusy`, answered as HTTP 429) and are decoded one at a time; a cancelled
+  request (client gone, stop string hit) stops at the next token.
+- :class:`StubEngine` replays scripted harmony completions, for tests. Given a logits processor it
+  behaves like a model that *proposes* the scripted token: the token is kept when the processor
+  allows it, otherwise a seeded random allowed token is taken, so grammar enforcement is testable.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from gptoss.engine.generate import BatchGenerator
+from gptoss.engine.sampling import LogitsProcessor, SamplingParams
+from gptoss.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
+
+log = logging.getLogger("gptoss.server")
+
+DEFAULT_MAX_QUEUE = 8
+DEFAULT_MAX_BATCH = 8
+
+
+class EngineBusy(RuntimeError):
+    """The request queue is full."""
+
+
+class Engine(Protocol):
+    model_id: str
+    max_context: int  # prompt + completion tokens one sequence may hold
+
+    def generate(self, prompt: list[int], params: SamplingParams, logits_processor: LogitsProcessor | None = None,
+                 cancel: threading.Event | None = None) -> Iterator[int]:
+        """Sampled token ids, ending with the stop token if one was sampled. Raises :class:`EngineBusy` at
+        call time when the queue is full."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_END = object()
+
+
+@dataclass
+class _Job:
+    prompt: list[int]
+    params: SamplingParams
+    processor: LogitsProcessor | None
+    cancel: threading.Event | None
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    stop: threading.Event = field(default_factory=threading.Event)  # the consumer went away
+    error: Exception | None = None  # its logits processor failed
+
+    def stopped(self) -> bool:
+        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+
+def _drain(job: _Job, worker: threading.Thread) -> Iterator[int]:
+    try:
+        while True:
+            try:
+                item = job.out.get(timeout=1.0)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue
+                raise RuntimeError("the engine worker has stopped") from None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise RuntimeError(f"generation failed: {type(item).__name__}: {item}") from item
+            yield item
+    finally:
+        job.stop.set()  # early close (GeneratorExit) stops the worker at its next token
+
+
+class ModelEngine:
+    """A transformer behind one worker thread and a bounded queue of waiting requests.
+
+    Requests that are waiting when the worker becomes free are decoded together, up to ``max_batch`` rows
+    sharing each forward pass (rows of different lengths, each with its own sampling and logits processor);
+    a row whose request is cancelled stops at the next step without disturbing the others.
+    """
+
+    def __init__(self, model, model_id: str, max_queue: int = DEFAULT_MAX_QUEUE,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.model = model  # gptoss.model.transformer.Transformer
+        self.model_id = model_id
+        cfg = model.config
+        self.max_context = int(cfg.initial_context_length * cfg.rope_scaling_factor)
+        self.max_queue = max(0, max_queue)
+        self.max_batch = max(1, max_batch)
+        self.batch_sizes: list[int] = []  # rows of each batch run (observability, tests)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._inflight = 0  # queued + running
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="gptoss-engine", daemon=True)
+        self._thread.start()
+
+    def generate(self, prompt: list[int], params: SamplingParams, logits_processor: LogitsProcessor | None = None,
+                 cancel: threading.Event | None = None) -> Iterator[int]:
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        job = _Job(list(prompt), params, logits_processor, cancel)
+        with self._lock:
+            if self._inflight > self.max_queue:
+                raise EngineBusy(f"the generation queue is full ({self.max_queue} waiting)")
+            self._inflight += 1
+        self._jobs.put(job)
+        return _drain(job, self._thread)
+
+    def _work(self) -> None:
+        closing = False
+        while not closing:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.append(more)
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        live = [j for j in batch if not j.stopped()]
+        try:
+            if live:
+                self.batch_sizes.append(len(live))
+                gen = BatchGenerator(self.model, [j.prompt for j in live], [j.params for j in live],
+                                     logits_processors=[_guarded(j) for j in live])
+                while not gen.done:
+                    for r, j in enumerate(live):
+                        if j.stopped():
+                            gen.finished[r] = True  # cancelled: no more tokens for this row
+                    if gen.done:
+                        break
+                    for event in gen.step():
+                        live[event.row].out.put(event.token)
+        except Exception as e:  # reported to the requests, never kills the worker
+            log.exception("generation failed")
+            for j in live:
+                j.out.put(e)
+        finally:
+            with self._lock:
+                self._inflight -= len(batch)
+            for j in batch:
+                if j.error is not None:
+                    j.out.put(j.error)
+                j.out.put(_END)
+
+    def close(self) -> None:
+        """Stop the worker after the jobs already queued."""
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+
+
+def _guarded(job: _Job) -> LogitsProcessor | None:
+    """The job's processor; if it raises, only that row stops (with the error), the batch goes on."""
+    proc = job.processor
+    if proc is None:
+        return None
+
+    def run(tokens: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        if job.error is None:
+            try:
+                return proc(tokens, logits)
+            except Exception as e:
+                log.exception("logits processor failed")
+                job.error = e
+                job.stop.set()
+        return logits
+
+    return run
+
+
+def _encode(completion: str | Sequence[int]) -> list[int]:
+    if isinstance(completion, str):
+        from gptoss.harmony.render import harmony_encoding
+
+        return harmony_encoding().encode(completion, allowed_special="all")
+    return [int(t) for t in completion]
+
+
+_FINISH_BIAS = [SPECIAL_TOKENS[t] for t in ("<|end|>", "<|call|>", "<|return|>")]
+
+
+class StubEngine:
+    """Replays scripted completions (harmony text with control tokens, or token ids), one per call; the
+    last one repeats. ``delay`` sleeps before each token; ``gate`` (if given) must be set before any
+    token comes out. Records ``prompts``, ``params`` and how many generations were ``cancelled``."""
+
+    def __init__(self, completions: Sequence[str | Sequence[int]] = (), *, model_id: str = "gpt-oss-stub",
+                 max_context: int = 131072, delay: float = 0.0, gate: threading.Event | None = None,
+                 seed: int = 0) -> None:
+        self.scripts = [_encode(c) for c in completions] or [_encode("<|channel|>final<|message|>Hi.<|return|>")]
+        self.model_id = model_id
+        self.max_context = max_context
+        self.delay = delay
+        self.gate = gate
+        self.seed = seed
+        self.prompts: list[list[int]] = []
+        self.params: list[SamplingParams] = []
+        self.processors: list[LogitsProcessor | None] = []
+        self.cancelled = 0
+        self._lock = threading.Lock()
+
+    def generate(self, prompt: list[int], params: SamplingParams, logits_processor: LogitsProcessor | None = None,
+                 cancel: threading.Event | None = None) -> Iterator[int]:
+        with self._lock:
+            n = len(self.prompts)
+            self.prompts.append(list(prompt))
+            self.params.append(params)
+            self.processors.append(logits_processor)
+        script = self.scripts[min(n, len(self.scripts) - 1)]
+        return self._run(script, params, logits_processor, cancel, self.seed + n)
+
+    def _run(self, script: list[int], params: SamplingParams, proc: LogitsProcessor | None,
+             cancel: threading.Event | None, seed: int) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(seed)
+        out: list[int] = []
+        finished = False
+        try:
+            while len(out) < params.max_tokens:
+                if self.gate is not None:
+                    while not self.gate.wait(0.05):
+                        if cancel is not None and cancel.is_set():
+                            break
+                if cancel is not None and cancel.is_set():
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+                i = len(out)
+                if proc is None:
+                    if i >= len(script):
+                        finished = True
+                        return
+                    tok = script[i]
+                else:  # a "model" that prefers the script, then prefers to finish
+                    logits = torch.randn(VOCAB_SIZE, generator=gen)
+                    if i < len(script):
+                        logits[script[i]] += 30.0
+                    else:
+                        logits[_FINISH_BIAS] += 30.0
+                    tok = int(torch.argmax(proc(out, logits)))
+                out.append(tok)
+                yield tok
+                if tok in params.stop:
+                    finished = True
+                    return
+            finished = True
+        finally:
+            if not finished:
+                with self._lock:
+                    self.cancelled += 1
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,283 @@
+"""One generation for one API request: the Agent loop over the engine, as API output items.
+
+:class:`Turn` runs in a worker thread. It pushes item events (:class:`ItemAdded`, :class:`ItemDelta`,
+:class:`ItemDone`) to a sink as they happen -- an item is *added* the moment its header closes, before its
+first content token -- and returns a :class:`TurnResult`. Both APIs format the same events.
+
+Items: analysis without a recipient -> ``reasoning``; ``final`` -> ``message``; a call to a declared function ->
+``function_call`` (the turn then ends: the client runs it). Recipient-less commentary preambles are dropped
+(counted in usage). Calls the server cannot route (hallucinated tools) get an error tool message and the model
+goes on, bounded by ``max_tool_rounds``. Usage: ``input_tokens`` = the first rendered prompt plus tool messages
+inserted by the server; ``output_tokens`` = every sampled token; ``cached_tokens`` = 0 (no prefix cache yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai_harmony import Message
+
+from gptoss.agent import Agent, TurnDone
+from gptoss.engine.sampling import SamplingParams
+from gptoss.harmony.parser import (
+    FinalDelta,
+    MessageDone,
+    ParsedMessage,
+    ReasoningDelta,
+    StreamParser,
+    ToolCallArgsDelta,
+)
+from gptoss.harmony.render import FunctionTool
+from gptoss.server.constrain import ConstraintSpec, HarmonyConstraint, current_message, matches_schema
+from gptoss.server.engine import Engine, EngineBusy
+from gptoss.server.protocol import new_id
+from gptoss.tools.base import ToolRegistry
+
+log = logging.getLogger("gptoss.server")
+
+
+@dataclass
+class TurnRequest:
+    messages: list[Message]
+    params: SamplingParams
+    functions: Sequence[str] = ()  # declared function names: their calls become function_call items
+    constraint: ConstraintSpec | None = None
+    stop_strings: Sequence[str] = ()
+    max_tool_rounds: int = 3
+
+
+@dataclass
+class Item:
+    kind: str  # reasoning | message | function_call
+    id: str
+    name: str | None = None
+    call_id: str | None = None
+    text: str = ""
+    status: str = "in_progress"
+
+    def to_dict(self, empty: bool = False) -> dict[str, Any]:
+        text = "" if empty else self.text
+        if self.kind == "reasoning":
+            content = [] if empty else [{"type": "reasoning_text", "text": text}]
+            return {"id": self.id, "type": "reasoning", "summary": [], "content": content, "status": self.status}
+        if self.kind == "message":
+            content = [] if empty else [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+            return {"id": self.id, "type": "message", "role": "assistant", "status": self.status, "content": content}
+        return {"id": self.id, "type": "function_call", "call_id": self.call_id, "name": self.name,
+                "arguments": text, "status": self.status}
+
+
+@dataclass
+class ItemAdded:
+    index: int
+    item: Item
+
+
+@dataclass
+class ItemDelta:
+    index: int
+    item: Item
+    delta: str
+
+
+@dataclass
+class ItemDone:
+    index: int
+    item: Item
+
+
+ItemEvent = ItemAdded | ItemDelta | ItemDone
+
+
+@dataclass
+class TurnResult:
+    status: str  # completed | incomplete | failed | cancelled
+    finish_reason: str  # stop | tool_calls | length | cancelled | error
+    items: list[Item]
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    incomplete_reason: str | None = None
+    error: dict[str, str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _StopFilter:
+    """Cuts the answer at the first stop string, holding back text that may still become one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.buf = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        if self.hit:
+            return ""
+        self.buf += text
+        cut = min((i for i in (self.buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit, out, self.buf = True, self.buf[:cut], ""
+            return out
+        keep = max(len(s) for s in self.stops) - 1
+        out = self.buf[:len(self.buf) - keep] if len(self.buf) > keep else ""
+        self.buf = self.buf[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = ("" if self.hit else self.buf), ""
+        return out
+
+
+class Turn:
+    def __init__(self, engine: Engine, req: TurnRequest, sink: Callable[[ItemEvent], None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        self.engine = engine
+        self.req = req
+        self.sink = sink or (lambda event: None)
+        self.cancel = cancel or threading.Event()
+        self.items: list[Item] = []
+        self.current: Item | None = None
+        self.stopper = _StopFilter(req.stop_strings)
+        self.prompt_lens: list[int] = []
+        self.sampled: list[int] = []
+        self.constraints: list[HarmonyConstraint] = []
+
+    # -- the token source the Agent samples from ----------------------------------------------------------
+    def _source(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        self.prompt_lens.append(len(prompt))
+        self.sampled.append(0)
+        proc = HarmonyConstraint(self.req.constraint) if self.req.constraint is not None else None
+        if proc is not None:
+            self.constraints.append(proc)
+        watcher = StreamParser()  # mirrors the Agent's parser to see headers close
+        last: ParsedMessage | None = None
+        tokens = self.engine.generate(prompt, params, proc, self.cancel)
+        try:
+            for tok in tokens:
+                self.sampled[-1] += 1
+                watcher.feed(tok)
+                msg = current_message(watcher)
+                if msg is not None and msg is not last:
+                    self._on_header(msg)
+                last = msg
+                yield tok
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()
+
+    # -- items ----------------------------------------------------------------------------------------------
+    def _open(self, kind: str, name: str | None = None) -> Item:
+        prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}[kind]
+        item = Item(kind, new_id(prefix), name, new_id("call") if kind == "function_call" else None)
+        self.items.append(item)
+        self.current = item
+        self.sink(ItemAdded(len(self.items) - 1, item))
+        return item
+
+    def _on_header(self, msg: ParsedMessage) -> None:
+        self.current = None
+        if msg.role != "assistant":
+            return
+        if msg.recipient is None and msg.channel in ("analysis", "final"):
+            self._open("reasoning" if msg.channel == "analysis" else "message")
+        elif msg.recipient and msg.recipient.startswith("functions.") and msg.recipient[10:] in self.req.functions:
+            self._open("function_call", msg.recipient[10:])
+
+    def _delta(self, item: Item | None, text: str) -> None:
+        if item is not None and text:
+            item.text += text
+            self.sink(ItemDelta(self.items.index(item), item, text))
+
+    def _on_event(self, ev: object) -> TurnDone | None:
+        cur = self.current
+        if isinstance(ev, ReasoningDelta):
+            self._delta(cur if cur and cur.kind == "reasoning" else None, ev.text)
+        elif isinstance(ev, FinalDelta):
+            if cur is not None and cur.kind == "message":
+                self._delta(cur, self.stopper.feed(ev.text))
+                if self.stopper.hit:
+                    self.cancel.set()
+        elif isinstance(ev, ToolCallArgsDelta):
+            self._delta(cur if cur and cur.kind == "function_call" else None, ev.text)
+        elif isinstance(ev, MessageDone):
+            if cur is not None:
+                if cur.kind == "message":
+                    self._delta(cur, self.stopper.flush())
+                else:
+                    cur.text = ev.message.content
+                self._close(cur, "completed" if ev.message.terminator or self.stopper.hit else "incomplete")
+        elif isinstance(ev, TurnDone):
+            return ev
+        return None
+
+    def _close(self, item: Item, status: str) -> None:
+        item.status = status
+        self.current = None
+        self.sink(ItemDone(self.items.index(item), item))
+
+    # -- running --------------------------------------------------------------------------------------------
+    def run(self) -> TurnResult:
+        registry = ToolRegistry()
+        for name in self.req.functions:
+            registry.add_function(FunctionTool(name))
+        agent = Agent(self._source, registry, self.req.max_tool_rounds)
+        done: TurnDone | None = None
+        error: dict[str, str] | None = None
+        try:
+            for ev in agent.run(self.req.messages, self.req.params, self.cancel):
+                done = self._on_event(ev) or done
+        except EngineBusy as e:
+            error = {"code": "rate_limit_exceeded", "message": str(e)}
+        except Exception as e:
+            log.exception("generation failed")
+            error = {"code": "server_error", "message": f"generation failed ({type(e).__name__})"}
+        if self.current is not None:
+            self._close(self.current, "incomplete")
+        result = self._result(done, error)
+        notes = [n for c in self.constraints for n in c.notes] + (done.recoveries if done else [])
+        if notes:
+            log.warning("turn notes: %s", "; ".join(notes[:20]))
+        result.notes = notes
+        return result
+
+    def _result(self, done: TurnDone | None, error: dict[str, str] | None) -> TurnResult:
+        sampled = sum(self.sampled)
+        first = self.prompt_lens[0] if self.prompt_lens else 0
+        inputs = max(first, (self.prompt_lens[-1] - sum(self.sampled[:-1])) if self.prompt_lens else 0)
+        res = TurnResult("completed", "stop", self.items, inputs, sampled,
+                         done.usage.reasoning_tokens if done else 0)
+        if error is not None or done is None:
+            res.status, res.finish_reason = "failed", "error"
+            res.error = error or {"code": "server_error", "message": "generation ended without a result"}
+            return res
+        reason = done.finish_reason
+        if self.stopper.hit or reason == "stop":
+            res.finish_reason = "stop"
+        elif reason == "tool_calls":
+            res.finish_reason = "tool_calls"
+        elif reason == "cancelled":
+            res.status, res.finish_reason = "cancelled", "cancelled"
+        else:  # length, max_tool_rounds
+            res.status, res.finish_reason = "incomplete", "length"
+            res.incomplete_reason = "max_output_tokens" if reason == "length" else "max_tool_calls"
+        if res.status == "completed":
+            self._check_output(res, done)
+        return res
+
+    def _check_output(self, res: TurnResult, done: TurnDone) -> None:
+        grammar = self.req.constraint.final_grammar if self.req.constraint else None
+        answers = [i for i in self.items if i.kind == "message"]
+        if grammar and answers and not self.stopper.hit and not all(matches_schema(grammar, i.text) for i in answers):
+            res.status, res.finish_reason = "failed", "error"
+            res.error = {"code": "server_error", "message": "the answer does not match the requested JSON schema"}
+        elif not self.items and done.recoveries and res.finish_reason == "stop":
+            res.status, res.finish_reason = "failed", "error"
+            res.error = {"code": "server_error", "message": "the model's output could not be parsed into an answer"}

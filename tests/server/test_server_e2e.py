@@ -1,0 +1,167 @@
+"""End to end: the official ``openai`` client against uvicorn on 127.0.0.1, with the real engine on the tiny
+random checkpoint, and a function-calling round trip with the StubEngine."""
+
+from __future__ import annotations
+
+import threading
+
+import openai
+import pytest
+import torch
+from server_helpers import ANSWER, CALL, WEATHER_TOOL, live_server
+
+from gptoss.engine.sampling import SamplingParams
+from gptoss.server import EngineBusy, ModelEngine, StubEngine, create_app
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_checkpoint):
+    from gptoss.api import Model
+
+    engine = ModelEngine(Model.load(tiny_checkpoint, dtype="float32").transformer, "tiny-random", max_queue=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_client(tiny_engine, tmp_path_factory):
+    app = create_app(tiny_engine, db_path=tmp_path_factory.mktemp("db") / "r.sqlite3", api_keys=["sk-test"])
+    with live_server(app) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test", timeout=60, max_retries=0)
+
+
+def test_models(tiny_client):
+    assert [m.id for m in tiny_client.models.list()] == ["tiny-random"]
+
+
+def test_responses_create(tiny_client):
+    resp = tiny_client.responses.create(model="gpt-oss-20b", input="Hello", max_output_tokens=8,
+                                        reasoning={"effort": "low"}, temperature=0)
+    assert resp.id.startswith("resp_") and resp.status == "incomplete"
+    assert resp.incomplete_details.reason == "max_output_tokens"
+    assert resp.usage.output_tokens == 8 and resp.usage.input_tokens > 50
+    assert tiny_client.responses.retrieve(resp.id).id == resp.id
+
+
+def test_responses_stream(tiny_client):
+    events = list(tiny_client.responses.create(model="gpt-oss-20b", input="Hello", max_output_tokens=8, stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert events[-1].type == "response.incomplete" and events[-1].response.usage.output_tokens == 8
+
+
+def test_chat_create_and_stream(tiny_client):
+    messages = [{"role": "user", "content": "Hello"}]
+    out = tiny_client.chat.completions.create(model="gpt-oss-20b", messages=messages, max_tokens=6, seed=1)
+    assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 6
+    chunks = list(tiny_client.chat.completions.create(model="gpt-oss-20b", messages=messages, max_tokens=6,
+                                                      stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+
+
+def test_bad_key_and_bad_request(tiny_client):
+    bad = tiny_client.with_options(api_key="wrong")
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny_client.responses.create(model="m", input="x", reasoning={"effort": "ultra"})
+    assert e.value.body["param"] == "reasoning.effort"
+
+
+def test_engine_queue_bound_and_serialised(tiny_engine):
+    """One generation at a time; with max_queue=1 a third concurrent request is refused."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocking(tokens, logits):
+        started.set()
+        release.wait(10)
+        return logits
+
+    params = SamplingParams(max_tokens=2, temperature=0)
+    first = tiny_engine.generate([200006, 1428, 200008], params, blocking)
+    out: list[list[int]] = []
+    t = threading.Thread(target=lambda: out.append(list(first)))
+    t.start()
+    try:
+        assert started.wait(10)
+        second = tiny_engine.generate([200006, 1428, 200008], params)  # waits in the queue
+        with pytest.raises(EngineBusy):
+            tiny_engine.generate([200006, 1428, 200008], params)
+    finally:
+        release.set()
+        t.join(10)
+    assert len(out[0]) == 2 and len(list(second)) == 2
+    cancel = threading.Event()
+    cancel.set()
+    assert list(tiny_engine.generate([200006, 1428], params, cancel=cancel)) == []
+    assert torch.is_inference_mode_enabled() is False
+
+
+def test_waiting_requests_share_decode_steps(tiny_checkpoint):
+    from gptoss.api import Model
+
+    model = Model.load(tiny_checkpoint, dtype="float32")
+    engine = ModelEngine(model.transformer, "tiny", max_queue=4)
+    release, started = threading.Event(), threading.Event()
+    prompts = [[200006, 1428, 200008], [200006, 17360, 11, 2375, 200008, 1], [5, 6]]
+    params = SamplingParams(max_tokens=5, temperature=0)
+    try:
+
+        def blocking(tokens, logits):
+            started.set()
+            release.wait(10)
+            return logits
+
+        blocker = engine.generate([1, 2], params, blocking)
+        assert started.wait(10)
+        streams = [engine.generate(p, params) for p in prompts]
+        cancelled = threading.Event()
+        cancelled.set()
+        dropped = engine.generate([7, 8], params, cancel=cancelled)
+        release.set()
+        assert len(list(blocker)) == 5 and list(dropped) == []
+        outs = [list(s) for s in streams]
+        assert engine.batch_sizes == [1, 3]  # the three waiting requests ran as one batch
+        assert outs == [model.generate(p, max_tokens=5, temperature=0) for p in prompts]
+    finally:
+        release.set()
+        engine.close()
+
+
+def test_failing_processor_fails_only_its_request(tiny_engine):
+    def broken(tokens, logits):
+        raise ValueError("boom")
+
+    params = SamplingParams(max_tokens=3, temperature=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        list(tiny_engine.generate([1, 2, 3], params, broken))
+    assert len(list(tiny_engine.generate([1, 2, 3], params))) == 3  # the worker lives on
+
+
+def test_function_calling_round_trip_with_openai_client(tmp_path):
+    engine = StubEngine([CALL, ANSWER, CALL, ANSWER])
+    with live_server(create_app(engine, db_path=tmp_path / "db")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="anything", timeout=30, max_retries=0)
+        first = client.responses.create(model="gpt-oss-20b", input="Weather in Oslo?", tools=[WEATHER_TOOL])
+        call = next(item for item in first.output if item.type == "function_call")
+        assert call.name == "get_weather" and call.arguments == '{"city":"Oslo"}'
+        second = client.responses.create(model="gpt-oss-20b", previous_response_id=first.id, tools=[WEATHER_TOOL],
+                                          input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                  "output": '{"temp_c": 4}'}])
+        assert second.output_text == "Oslo: 4 °C."
+        items = client.responses.input_items.list(second.id)
+        assert [it.type for it in items.data] == ["function_call_output"]
+
+        tool = {"type": "function", "function": {k: v for k, v in WEATHER_TOOL.items() if k != "type"}}
+        messages = [{"role": "user", "content": "Weather in Oslo?"}]
+        chat = client.chat.completions.create(model="gpt-oss-20b", messages=messages, tools=[tool])
+        msg = chat.choices[0].message
+        assert chat.choices[0].finish_reason == "tool_calls" and msg.tool_calls[0].function.name == "get_weather"
+        messages += [msg.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": '{"temp_c": 4}'}]
+        chat = client.chat.completions.create(model="gpt-oss-20b", messages=messages, tools=[tool])
+        assert chat.choices[0].message.content == "Oslo: 4 °C."
+        assert chat.choices[0].message.model_extra["reasoning_content"] == "It is 4 degrees."
