@@ -1,0 +1,1 @@
+"""Evaluation suites run against a model through the agent loop (``gptoss eval``)."""

@@ -1,0 +1,168 @@
+"""The synthetic gpt-oss-tiny corpus: determinism, splits, rendering round trips, lengths, effort, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import pytest
+
+from gptoss.cli import corpus as corpus_cli
+from gptoss.harmony.parser import parse_completion
+from gptoss.harmony.render import EFFORTS
+from gptoss.tokenizer import SPECIAL_TOKENS
+from gptoss.tools.base import ToolCall
+from gptoss.train.corpus import (
+    FAMILIES,
+    MAX_BODY_TOKENS,
+    ArithmeticPython,
+    analysis_length,
+    body_tokens,
+    generate,
+    generate_tasks,
+    parse_weights,
+    run_arithmetic,
+    split_of,
+    write_jsonl,
+)
+from gptoss.train.data import encode_conversation, load_jsonl
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return generate_tasks(12 * len(FAMILIES), seed=3, families=FAMILIES)
+
+
+def _key(task):
+    dev = task.messages[1] if task.prompt_len == 3 else None
+    instructions = (getattr(dev.content[0], "instructions", None) or "") if dev is not None else ""
+    return task.family, instructions, task.messages[task.prompt_len - 1].content[0].text
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    write_jsonl(generate_tasks(40, seed=7), a)
+    write_jsonl(generate_tasks(40, seed=7), b)
+    write_jsonl(generate_tasks(40, seed=8), c)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    assert len(generate(5, seed=7)) == 5
+
+
+def test_splits_never_share_a_prompt():
+    train = generate_tasks(300, seed=0, split="train")
+    held = generate_tasks(100, seed=0, split="heldout")
+    assert {t.family for t in held} == set(FAMILIES)
+    assert all(split_of(*_key(t)) == "train" for t in train)
+    assert all(split_of(*_key(t)) == "heldout" for t in held)
+    assert not {_key(t) for t in train} & {_key(t) for t in held}
+
+
+def test_jsonl_round_trip_and_clean_parse(tasks, tmp_path):
+    from gptoss.evals.tiny import replay_rounds
+
+    path = tmp_path / "c.jsonl"
+    write_jsonl(tasks, path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["meta"]["family"] for r in rows] == [t.family for t in tasks]
+    loaded = load_jsonl(path)
+    for task, ex in zip(tasks, loaded, strict=True):
+        want = encode_conversation(task.messages)
+        assert ex.tokens == want.tokens and ex.mask == want.mask
+        assert ex.tokens[-1] == SPECIAL_TOKENS["<|return|>"] and ex.mask[-1]
+        # The assistant part parses back, round by round, into the corpus messages with no recovery.
+        corpus_assistant = [m for m in task.messages[task.prompt_len:] if m.author.role.value == "assistant"]
+        parsed = []
+        for r in replay_rounds(task):
+            messages, recoveries = parse_completion(r)
+            assert recoveries == [], (task.family, recoveries)
+            parsed += messages
+        assert [(m.channel, m.recipient, m.content) for m in parsed] == \
+            [(m.channel, m.recipient, m.content[0].text) for m in corpus_assistant]
+        assert [p.to_harmony() for p in parsed] == corpus_assistant
+
+
+def test_families_look_as_specified(tasks):
+    for t in tasks:
+        system = t.messages[0].content[0]
+        assert t.effort in EFFORTS and system.reasoning_effort.value.lower() == t.effort
+        after = t.messages[t.prompt_len:]
+        calls = [m for m in after if m.recipient and m.author.role.value == "assistant"]
+        assert after[-1].channel == "final" and after[0].channel == "analysis"
+        if t.family == "python":
+            assert [(m.recipient, m.channel, m.content_type) for m in calls] == [("python", "analysis", "code")]
+            assert t.expect["output"] in after[-1].content[0].text
+        elif t.family == "functions":
+            assert len(calls) == 1 and calls[0].channel == "commentary"
+            assert calls[0].content_type == "<|constrain|>json"
+            assert calls[0].recipient == f"functions.{t.expect['name']}"
+            assert json.loads(calls[0].content[0].text) == t.expect["arguments"]
+            assert 2 <= len(t.functions) <= 4
+        elif t.family == "browser":
+            assert [m.recipient for m in calls] == ["browser.search", "browser.open"]
+            page = after[after.index(calls[1]) + 1].content[0].text
+            line = page.split(f"\nL{t.expect['line']}: ", 1)[1].split("\n", 1)[0]
+            assert t.expect["value"] in line
+            assert f"【1†L{t.expect['line']}】" in after[-1].content[0].text
+        elif t.family == "json":
+            assert not calls and json.loads(after[-1].content[0].text) == t.expect["value"]
+        else:
+            assert not calls
+
+
+def test_token_bounds():
+    tasks = generate_tasks(250, seed=11)
+    bodies = [body_tokens(t.messages) for t in tasks]
+    assert max(bodies) <= MAX_BODY_TOKENS
+    assert sum(b <= 200 for b in bodies) / len(bodies) > 0.55  # browser and many function tasks run longer
+
+
+def test_reasoning_grows_with_effort():
+    tasks = generate_tasks(360, seed=5)
+    for family in FAMILIES:
+        mean = {e: statistics.fmean(analysis_length(t.messages[t.prompt_len:]) for t in tasks
+                                    if t.family == family and t.effort == e) for e in EFFORTS}
+        assert mean["low"] < mean["medium"] < mean["high"], (family, mean)
+
+
+@pytest.mark.parametrize(("code", "out"), [
+    ("print(347 * 29)", "10063\n"),
+    ("print(round(12 * 0.621371, 2))", "7.46\n"),
+    ("print(round((100 - 32) * 5 / 9, 1))", "37.8\n"),
+    ("2 ** 10", "1024\n"),
+    ("print(1)\nprint(2, 3)", "1\n2 3\n"),
+    ("x = 3", "ValueError: only expressions and print() are supported\n"),
+    ("print(1 / 0)", "ZeroDivisionError: division by zero\n"),
+])
+def test_arithmetic_python(code, out):
+    assert run_arithmetic(code) == out
+
+
+@pytest.mark.parametrize("code", ["import os", "__import__('os').system('true')", "open('/etc/passwd')",
+                                  "print(().__class__)", "9 ** 9 ** 9", "print(len)"])
+def test_arithmetic_python_refuses_everything_else(code):
+    out = ArithmeticPython().process(ToolCall("python", code, "analysis"))
+    assert out.startswith(("ValueError", "SyntaxError", "OverflowError")), out
+
+
+def test_weights():
+    assert parse_weights("python=2,chat=0")["python"] == 2.0
+    for bad in ("pyton=1", "python", "python=x", "python=-1", ",".join(f"{f}=0" for f in FAMILIES)):
+        with pytest.raises(ValueError):
+            parse_weights(bad)
+    only = generate_tasks(20, seed=1, weights={f: (1 if f == "json" else 0) for f in FAMILIES})
+    assert {t.family for t in only} == {"json"}
+
+
+def test_corpus_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    corpus_cli.add_arguments(parser)
+    out = tmp_path / "c.jsonl"
+    args = parser.parse_args(["--n", "25", "--seed", "2", "--split", "heldout", "--out", str(out)])
+    assert corpus_cli.run(args) == 0
+    assert len(load_jsonl(out)) == 25
+    printed = capsys.readouterr().out
+    assert "distinct token ids" in printed and "python" in printed and "25 heldout conversations" in printed
+    with pytest.raises(ValueError, match="bad weight"):
+        corpus_cli.run(parser.parse_args(["--n", "1", "--weights", "nope=1", "--out", str(out)]))
