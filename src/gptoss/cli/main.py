@@ -15,7 +15,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("gptoss.cli.chat", "talk to a model interactively (streaming, reasoning, tools)"),
     "generate": ("gptoss.cli.generate", "answer one prompt (or continue raw token ids)"),
     "train": ("gptoss.cli.train", "train or fine-tune on harmony conversations (JSONL)"),
+    "train-tiny": ("gptoss.cli.train_tiny", "rebuild the bundled gpt-oss-tiny playground model reproducibly"),
+    "corpus": ("gptoss.cli.corpus", "write the synthetic harmony training corpus (JSONL)"),
+    "eval": ("gptoss.cli.eval", "score a model on held-out tasks (gptoss eval tiny)"),
     "bench": ("gptoss.cli.bench", "measure prefill/decode speed, memory and bandwidth use"),
+    "bench-serve": ("gptoss.cli.bench_serve", "aggregate tokens/s of a live server at 1..N concurrent streams "
+                    "(also: gptoss bench serve)"),
     "serve": ("gptoss.cli.serve", "OpenAI-compatible Responses and Chat Completions server"),
     "index": ("gptoss.cli.index", "build the local search index used by the browser tool"),
     "doctor": ("gptoss.cli.doctor", "report offline guard, sandbox, model and index status"),
@@ -46,6 +51,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["bench", "serve"]:  # `gptoss bench serve` reads better than `bench-serve`
+        argv = ["bench-serve", *argv[2:]]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.command:
