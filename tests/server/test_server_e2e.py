@@ -18,7 +18,8 @@ from gptoss.server import EngineBusy, ModelEngine, StubEngine, create_app
 def tiny_engine(tiny_checkpoint):
     from gptoss.api import Model
 
-    engine = ModelEngine(Model.load(tiny_checkpoint, dtype="float32").transformer, "tiny-random", max_queue=1)
+    engine = ModelEngine(Model.load(tiny_checkpoint, dtype="float32").transformer, "tiny-random", max_queue=1,
+                         max_batch=1)
     yield engine
     engine.close()
 
@@ -71,7 +72,7 @@ def test_bad_key_and_bad_request(tiny_client):
 
 
 def test_engine_queue_bound_and_serialised(tiny_engine):
-    """One generation at a time; with max_queue=1 a third concurrent request is refused."""
+    """max_batch=1: one generation at a time; with max_queue=1 a third concurrent request is refused."""
     release = threading.Event()
     started = threading.Event()
 
@@ -100,35 +101,70 @@ def test_engine_queue_bound_and_serialised(tiny_engine):
     assert torch.is_inference_mode_enabled() is False
 
 
-def test_waiting_requests_share_decode_steps(tiny_checkpoint):
+def test_requests_join_and_leave_running_decode_steps(tiny_checkpoint):
+    """Continuous batching: requests arriving while another is decoding join its forwards, a cancelled one
+    leaves at once, and every output equals the same request generated alone."""
     from gptoss.api import Model
 
     model = Model.load(tiny_checkpoint, dtype="float32")
-    engine = ModelEngine(model.transformer, "tiny", max_queue=4)
-    release, started = threading.Event(), threading.Event()
+    engine = ModelEngine(model.transformer, "tiny", max_queue=0, max_batch=5)
     prompts = [[200006, 1428, 200008], [200006, 17360, 11, 2375, 200008, 1], [5, 6]]
     params = SamplingParams(max_tokens=5, temperature=0)
+    long = SamplingParams(max_tokens=40, temperature=0)
+    step = threading.Semaphore(0)
+
+    def paced(tokens, logits):  # the long request advances one decode step per release
+        step.acquire(timeout=10)
+        return logits
+
     try:
+        first = engine.generate([1, 2], long, paced)
+        got: list[int] = []
 
-        def blocking(tokens, logits):
-            started.set()
-            release.wait(10)
-            return logits
+        def read() -> None:
+            for t in first:
+                got.append(t)
 
-        blocker = engine.generate([1, 2], params, blocking)
-        assert started.wait(10)
+        reader = threading.Thread(target=read)
+        reader.start()
+        for _ in range(3):
+            step.release()
+        assert wait(lambda: len(got) >= 3)
+        cancel = threading.Event()
+        doomed = engine.generate([9, 10, 11], long, cancel=cancel)
         streams = [engine.generate(p, params) for p in prompts]
-        cancelled = threading.Event()
-        cancelled.set()
-        dropped = engine.generate([7, 8], params, cancel=cancelled)
-        release.set()
-        assert len(list(blocker)) == 5 and list(dropped) == []
+        with pytest.raises(EngineBusy):  # 5 running, no queue
+            engine.generate([3], params)
+        for _ in range(3):
+            step.release()
+        doomed_out = [next(doomed)]
+        cancel.set()
+        doomed_out += list(doomed)
+        for _ in range(60):
+            step.release()
         outs = [list(s) for s in streams]
-        assert engine.batch_sizes == [1, 3]  # the three waiting requests ran as one batch
+        reader.join(20)
         assert outs == [model.generate(p, max_tokens=5, temperature=0) for p in prompts]
+        assert got == model.generate([1, 2], max_tokens=40, temperature=0)
+        assert len(doomed_out) < 10  # it left the batch when cancelled
+        assert engine.step_sizes[:3] == [1, 1, 1] and max(engine.step_sizes) == 5  # joined the running forwards
+        assert engine.step_sizes[-1] == 1  # the others left; the long one went on alone
+        assert wait(lambda: engine._inflight == 0)
     finally:
-        release.set()
+        for _ in range(60):
+            step.release()
         engine.close()
+
+
+def wait(predicate, timeout: float = 20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_failing_processor_fails_only_its_request(tiny_engine):

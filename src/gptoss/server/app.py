@@ -26,7 +26,7 @@ DEFAULT_MAX_TOKENS = 4096
 
 
 class Admission:
-    """At most ``limit`` requests in the server at once (one generating, the rest queued)."""
+    """At most ``limit`` requests in the server at once (the engine's batch plus the queue)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -89,12 +89,13 @@ def create_app(engine: Engine, *, db_path: str | Path | None = None, store: Resp
     """An app serving ``engine`` (the caller owns it and closes it).
 
     ``db_path`` (default under the gptoss cache dir) holds stored responses; ``api_keys`` (if any) must be
-    presented as ``Authorization: Bearer KEY``; at most ``max_queue`` requests wait behind the one generating,
-    more get 429."""
+    presented as ``Authorization: Bearer KEY``; at most ``max_queue`` requests wait behind the ones the engine
+    is decoding (its ``max_batch``), more get 429."""
     from gptoss.server import routes_chat, routes_responses
 
     own_store = store is None
-    ctx = ServerContext(engine, store or ResponseStore(db_path), Admission(max_queue + 1), tuple(api_keys),
+    running = int(getattr(engine, "max_batch", 1))  # requests the engine decodes at once
+    ctx = ServerContext(engine, store or ResponseStore(db_path), Admission(running + max_queue), tuple(api_keys),
                         default_max_tokens, max_tool_rounds)
 
     @asynccontextmanager

@@ -1,8 +1,10 @@
 """What the server generates with: a small :class:`Engine` protocol and two implementations.
 
-- :class:`ModelEngine` owns a loaded model and one worker thread. Requests wait in a bounded queue
-  (full -> :class:`EngineBusy`, answered as HTTP 429) and are decoded one at a time; a cancelled
-  request (client gone, stop string hit) stops at the next token.
+- :class:`ModelEngine` owns a loaded model and one worker thread running a continuous batch
+  (:mod:`gptoss.engine.continuous`): requests join the running decode steps as they arrive and leave
+  when done; a cancelled request (client gone, stop string hit) leaves at the next step and frees its
+  row. Past ``max_batch`` running plus ``max_queue`` waiting, requests are refused (:class:`EngineBusy`,
+  HTTP 429).
 - :class:`StubEngine` replays scripted harmony completions, for tests. Given a logits processor it
   behaves like a model that *proposes* the scripted token: the token is kept when the processor
   allows it, otherwise a seeded random allowed token is taken, so grammar enforcement is testable.
@@ -16,11 +18,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from gptoss.engine.generate import BatchGenerator
+from gptoss.engine.continuous import ContinuousBatch
 from gptoss.engine.sampling import LogitsProcessor, SamplingParams
 from gptoss.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
 
@@ -59,6 +61,7 @@ class _Job:
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     stop: threading.Event = field(default_factory=threading.Event)  # the consumer went away
     error: Exception | None = None  # its logits processor failed
+    seq: Any = None  # its row in the batch, once admitted
 
     def stopped(self) -> bool:
         return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
@@ -83,28 +86,35 @@ def _drain(job: _Job, worker: threading.Thread) -> Iterator[int]:
 
 
 class ModelEngine:
-    """A transformer behind one worker thread and a bounded queue of waiting requests.
+    """A transformer behind one worker thread running a continuous batch, and a bounded admission count.
 
-    Requests that are waiting when the worker becomes free are decoded together, up to ``max_batch`` rows
-    sharing each forward pass (rows of different lengths, each with its own sampling and logits processor);
-    a row whose request is cancelled stops at the next step without disturbing the others.
+    Requests join the running batch between decode steps (their prompts prefilled in chunks between
+    steps) and leave it when they finish or are cancelled, so up to ``max_batch`` requests share each
+    forward pass -- rows of different lengths, each with its own sampling and logits processor. Requests
+    beyond ``max_batch`` wait; beyond ``max_batch + max_queue`` they are refused (:class:`EngineBusy`).
     """
 
     def __init__(self, model, model_id: str, max_queue: int = DEFAULT_MAX_QUEUE,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = 512) -> None:
         self.model = model  # gptoss.model.transformer.Transformer
         self.model_id = model_id
         cfg = model.config
         self.max_context = int(cfg.initial_context_length * cfg.rope_scaling_factor)
         self.max_queue = max(0, max_queue)
         self.max_batch = max(1, max_batch)
-        self.batch_sizes: list[int] = []  # rows of each batch run (observability, tests)
+        self.batch = ContinuousBatch(model, prefill_chunk)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._inflight = 0  # queued + running
+        self._inflight = 0  # waiting + running
         self._lock = threading.Lock()
         self._closed = False
+        self._stopping = False  # the worker saw close()
         self._thread = threading.Thread(target=self._work, name="gptoss-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def step_sizes(self) -> list[int]:
+        """Rows in each decode forward so far (observability, tests)."""
+        return self.batch.step_sizes
 
     def generate(self, prompt: list[int], params: SamplingParams, logits_processor: LogitsProcessor | None = None,
                  cancel: threading.Event | None = None) -> Iterator[int]:
@@ -112,59 +122,67 @@ class ModelEngine:
             raise RuntimeError("the engine is closed")
         job = _Job(list(prompt), params, logits_processor, cancel)
         with self._lock:
-            if self._inflight > self.max_queue:
+            if self._inflight >= self.max_batch + self.max_queue:
                 raise EngineBusy(f"the generation queue is full ({self.max_queue} waiting)")
             self._inflight += 1
         self._jobs.put(job)
         return _drain(job, self._thread)
 
-    def _work(self) -> None:
-        closing = False
-        while not closing:
-            job = self._jobs.get()
-            if job is None:
-                return
-            batch = [job]
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                    break
-                batch.append(more)
-            self._run(batch)
+    def _finish(self, job: _Job, error: BaseException | None = None) -> None:
+        with self._lock:
+            self._inflight -= 1
+        if error is None:
+            error = job.error
+        if error is not None:
+            job.out.put(error)
+        job.out.put(_END)
 
-    def _run(self, batch: list[_Job]) -> None:
-        live = [j for j in batch if not j.stopped()]
-        try:
-            if live:
-                self.batch_sizes.append(len(live))
-                gen = BatchGenerator(self.model, [j.prompt for j in live], [j.params for j in live],
-                                     logits_processors=[_guarded(j) for j in live])
-                while not gen.done:
-                    for r, j in enumerate(live):
-                        if j.stopped():
-                            gen.finished[r] = True  # cancelled: no more tokens for this row
-                    if gen.done:
-                        break
-                    for event in gen.step():
-                        live[event.row].out.put(event.token)
-        except Exception as e:  # reported to the requests, never kills the worker
-            log.exception("generation failed")
-            for j in live:
-                j.out.put(e)
-        finally:
-            with self._lock:
-                self._inflight -= len(batch)
-            for j in batch:
-                if j.error is not None:
-                    j.out.put(j.error)
-                j.out.put(_END)
+    def _admit(self, block: bool) -> None:
+        """Move waiting jobs into the batch while it has room (waiting up to 0.5 s for one if ``block``)."""
+        while len(self.batch) < self.max_batch:
+            try:
+                job = self._jobs.get(timeout=0.5) if block else self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                self._stopping = True
+                return
+            block = False
+            if job.stopped():
+                self._finish(job)
+                continue
+            try:
+                job.seq = self.batch.add(job.prompt, job.params, _guarded(job), job)
+            except Exception as e:  # a bad prompt fails only its request
+                self._finish(job, e)
+
+    def _work(self) -> None:
+        while True:
+            self._admit(block=self.batch.idle and not self._stopping)
+            if self.batch.idle:
+                if self._stopping and self._jobs.empty():
+                    return
+                continue
+            before = self.batch.all_sequences()
+            for seq in before:
+                if seq.tag.stopped():
+                    self.batch.drop(seq)  # client gone or stop string hit: its slot frees now
+            try:
+                events = self.batch.advance()
+            except Exception as e:  # reported to the requests in the batch, never kills the worker
+                log.exception("generation failed")
+                for seq in self.batch.reset():
+                    self._finish(seq.tag, e)
+                continue
+            for ev in events:
+                ev.seq.tag.out.put(ev.token)
+            still = {id(s) for s in self.batch.all_sequences()}
+            for seq in before:
+                if id(seq) not in still:  # finished, cancelled or failed: it left the batch
+                    self._finish(seq.tag)
 
     def close(self) -> None:
-        """Stop the worker after the jobs already queued."""
+        """Stop the worker after the jobs already admitted or queued."""
         if not self._closed:
             self._closed = True
             self._jobs.put(None)
@@ -184,6 +202,8 @@ def _guarded(job: _Job) -> LogitsProcessor | None:
                 log.exception("logits processor failed")
                 job.error = e
                 job.stop.set()
+                if job.seq is not None:
+                    job.seq.dropped = True  # no token is sampled from the unprocessed logits
         return logits
 
     return run

@@ -1,0 +1,233 @@
+"""Continuous batching: sequences join and leave a running batch between decode steps.
+
+:class:`ContinuousBatch` keeps one KV cache whose batch dimension is exactly the live sequences. New
+sequences are prefilled as a group in their own cache, one chunk per :meth:`ContinuousBatch.advance`
+(so a long prompt does not stall the streams already decoding), then spliced into the batch cache; a
+sequence that finishes or is dropped is cut out of it before the next forward. Each ``advance`` runs
+at most one prefill chunk and one decode step (one token for every live sequence, one forward).
+
+Splicing works on the cache tensors directly (``k``, ``v``, ``pos``, ``lengths`` per row): ring caches
+of one model share a capacity, growing caches are padded to the larger capacity first.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gptoss.engine.generate import DEFAULT_PREFILL_CHUNK, check_tokens
+from gptoss.engine.sampling import LogitsProcessor, Sampler, SamplingParams, make_sampler
+from gptoss.model.cache import FullKVCache, KVCache, make_cache
+from gptoss.model.transformer import Transformer
+
+
+@dataclass(eq=False)
+class Seq:
+    """One sequence in the batch. ``tag`` is the caller's handle; ``finish_reason`` is set on its last token."""
+
+    prompt: list[int]
+    params: SamplingParams
+    processor: LogitsProcessor | None = None
+    tag: Any = None
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    sampler: Sampler | None = None
+    length: int = 0  # tokens in the cache (prompt + fed tokens)
+    dropped: bool = False
+
+
+@dataclass
+class SeqEvent:
+    """``seq`` sampled ``token``; ``finish_reason`` ("stop" / "length") on its last token."""
+
+    seq: Seq
+    token: int
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Prefill:
+    seqs: list[Seq]
+    cache: list[KVCache]
+    done_to: int = 0  # prompt tokens already run
+    logits: torch.Tensor | None = None
+
+
+def _resize_full(c: FullKVCache, capacity: int) -> None:
+    """Grow a growing cache to ``capacity`` slots (plus its scratch slot)."""
+    if c.capacity >= capacity:
+        return
+    b, _, n_kv, d = c.k.shape
+    pad = capacity - c.capacity
+    c.k = torch.cat([c.k[:, :-1], c.k.new_zeros(b, pad + 1, n_kv, d)], dim=1)
+    c.v = torch.cat([c.v[:, :-1], c.v.new_zeros(b, pad + 1, n_kv, d)], dim=1)
+    c.pos = torch.cat([c.pos[:, :-1], c.pos.new_full((b, pad + 1), -1)], dim=1)
+
+
+def concat_caches(a: list[KVCache], b: list[KVCache]) -> list[KVCache]:
+    """Per-layer caches holding the rows of ``a`` then the rows of ``b``."""
+    out = []
+    for ca, cb in zip(a, b, strict=True):
+        if isinstance(ca, FullKVCache):
+            cap = max(ca.capacity, cb.capacity)
+            _resize_full(ca, cap)
+            _resize_full(cb, cap)  # type: ignore[arg-type]
+        elif ca.capacity != cb.capacity:
+            raise ValueError(f"ring caches of capacities {ca.capacity} and {cb.capacity} cannot be joined")
+        c = copy.copy(ca)
+        c.k, c.v = torch.cat([ca.k, cb.k]), torch.cat([ca.v, cb.v])
+        c.pos, c.lengths = torch.cat([ca.pos, cb.pos]), torch.cat([ca.lengths, cb.lengths])
+        out.append(c)
+    return out
+
+
+def select_rows(caches: list[KVCache], rows: torch.Tensor) -> list[KVCache]:
+    out = []
+    for c in caches:
+        n = copy.copy(c)
+        n.k, n.v, n.pos, n.lengths = c.k[rows], c.v[rows], c.pos[rows], c.lengths[rows]
+        out.append(n)
+    return out
+
+
+class ContinuousBatch:
+    """A running decode batch that sequences join (:meth:`add`) and leave (finished or :meth:`drop`)."""
+
+    def __init__(self, model: Transformer, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+        self.model = model
+        self.cfg = model.config
+        self.device = model.embedding.weight.device
+        self.dtype = model.embedding.weight.dtype
+        self.prefill_chunk = prefill_chunk
+        self.rows: list[Seq] = []  # live, each with a row of self.logits to sample from
+        self.cache: list[KVCache] | None = None
+        self.logits: torch.Tensor | None = None
+        self.waiting: list[Seq] = []  # added, not yet prefilling
+        self.prefilling: _Prefill | None = None
+        self.step_sizes: list[int] = []  # rows in each decode forward (observability, tests)
+
+    def __len__(self) -> int:
+        """Sequences in the batch, waiting or prefilling included."""
+        return len(self.rows) + len(self.waiting) + (len(self.prefilling.seqs) if self.prefilling else 0)
+
+    @property
+    def idle(self) -> bool:
+        return len(self) == 0
+
+    def add(self, prompt: Sequence[int], params: SamplingParams, processor: LogitsProcessor | None = None,
+            tag: Any = None) -> Seq:
+        seq = Seq(check_tokens(prompt, self.cfg.vocab_size), params, processor, tag)
+        seq.sampler = make_sampler(params.temperature, params.top_p, params.top_k, params.seed)
+        self.waiting.append(seq)
+        return seq
+
+    def drop(self, seq: Seq) -> None:
+        """Stop ``seq``: it samples nothing more and leaves the batch at the next step."""
+        seq.dropped = True
+
+    def all_sequences(self) -> list[Seq]:
+        return self.rows + self.waiting + (self.prefilling.seqs if self.prefilling else [])
+
+    def reset(self) -> list[Seq]:
+        """Forget everything (after a failed forward); returns the sequences that were in the batch."""
+        seqs = self.all_sequences()
+        self.rows, self.waiting, self.prefilling, self.cache, self.logits = [], [], None, None, None
+        return seqs
+
+    # -- one step -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def advance(self) -> list[SeqEvent]:
+        """One prefill chunk for the joining group (if any), then one decode step for the live rows."""
+        self._purge_waiting()
+        if self.prefilling is None and self.waiting:
+            group, self.waiting = self.waiting, []
+            self.prefilling = _Prefill(group, make_cache(self.cfg, len(group), self.dtype, self.device))
+        if self.prefilling is not None:
+            self._prefill_chunk(self.prefilling)
+        return self._decode()
+
+    def _purge_waiting(self) -> None:
+        self.waiting = [s for s in self.waiting if not s.dropped]
+
+    def _prefill_chunk(self, p: _Prefill) -> None:
+        lengths = [len(s.prompt) for s in p.seqs]
+        longest, c0 = max(lengths), p.done_to
+        c1 = min(c0 + self.prefill_chunk, longest)
+        b = len(p.seqs)
+        tokens = torch.zeros(b, c1 - c0, dtype=torch.long)
+        positions = torch.full((b, c1 - c0), -1, dtype=torch.long)
+        for r, s in enumerate(p.seqs):
+            part = s.prompt[c0:c1]
+            if part:
+                tokens[r, :len(part)] = torch.tensor(part)
+                positions[r, :len(part)] = torch.arange(c0, c0 + len(part))
+        last = torch.tensor(lengths) - 1
+        index = (last - c0).clamp(0, c1 - c0 - 1)
+        out = self.model(tokens.to(self.device), positions.to(self.device), p.cache, index.to(self.device))
+        here = ((last >= c0) & (last < c1)).to(self.device)
+        p.logits = out if p.logits is None else torch.where(here[:, None], out, p.logits)
+        p.done_to = c1
+        if c1 < longest:
+            return
+        for s, n in zip(p.seqs, lengths, strict=True):
+            s.length = n
+        self.prefilling = None
+        if self.cache is None:
+            self.rows, self.cache, self.logits = list(p.seqs), p.cache, p.logits
+        else:
+            assert self.logits is not None
+            self.cache = concat_caches(self.cache, p.cache)
+            self.logits = torch.cat([self.logits, p.logits])
+            self.rows += p.seqs
+
+    def _decode(self) -> list[SeqEvent]:
+        if not self.rows:
+            return []
+        assert self.logits is not None and self.cache is not None
+        events: list[SeqEvent] = []
+        keep: list[int] = []
+        for r, s in enumerate(self.rows):
+            if s.dropped:
+                continue
+            row_logits = self.logits[r]
+            if s.processor is not None:
+                row_logits = s.processor(s.generated, row_logits)
+            if s.dropped:  # the processor gave up on it
+                continue
+            assert s.sampler is not None
+            tok = s.sampler(row_logits)
+            s.generated.append(tok)
+            if tok in s.params.stop:
+                s.finish_reason = "stop"
+            elif len(s.generated) >= s.params.max_tokens:
+                s.finish_reason = "length"
+            events.append(SeqEvent(s, tok, s.finish_reason))
+            if s.finish_reason is None:
+                keep.append(r)
+        if len(keep) < len(self.rows):
+            if not keep:
+                self.rows, self.cache, self.logits = [], None, None
+                return events
+            idx = torch.tensor(keep, device=self.device)
+            self.cache = select_rows(self.cache, idx)
+            self.rows = [self.rows[r] for r in keep]
+        feed = torch.tensor([[s.generated[-1]] for s in self.rows], dtype=torch.long)
+        positions = torch.tensor([[s.length] for s in self.rows], dtype=torch.long)
+        for s in self.rows:
+            s.length += 1
+        self.step_sizes.append(len(self.rows))
+        self.logits = self.model(feed.to(self.device), positions.to(self.device), self.cache,
+                                 torch.zeros(len(self.rows), dtype=torch.long, device=self.device))
+        return events
+
+
+def run_all(batch: ContinuousBatch, on_event: Callable[[SeqEvent], None] | None = None) -> None:
+    """Advance until every sequence has finished (tests, offline use)."""
+    while not batch.idle:
+        for ev in batch.advance():
+            if on_event is not None:
+                on_event(ev)
