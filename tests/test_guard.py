@@ -71,33 +71,99 @@ def test_loopback_is_allowed():
 
 
 def test_other_hosts_are_refused_before_any_lookup_or_packet():
+    # Non-loopback targets are only ever shown to the hook as audit events (sys.audit runs the hook
+    # exactly as the socket module does, without the operation): no lookup or packet, even if the guard
+    # were broken. The real-socket path is proven on loopback in test_listed_loopback_ports.
     out = run_child("""
         guard.install([])
-        attempt("name", lambda: socket.getaddrinfo("example.invalid", 443))
-        attempt("url", lambda: socket.create_connection(("example.invalid", 80), timeout=2))
+        attempt("name", lambda: sys.audit("socket.getaddrinfo", "example.invalid", 443, 0, 0, 0))
         tcp = socket.socket()
-        attempt("ip", lambda: tcp.connect((TEST_NET, 9)))
-        try:
-            tcp.getpeername()
-            results["ip_connected"] = True
-        except OSError:
-            results["ip_connected"] = False
+        attempt("ip", lambda: sys.audit("socket.connect", tcp, (TEST_NET, 9)))
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        attempt("udp", lambda: udp.sendto(b"x", (TEST_NET, 9)))
-        results["udp_bound_port"] = udp.getsockname()[1]  # a sent datagram would have bound a port
-        attempt("reverse", lambda: socket.gethostbyaddr(TEST_NET))
-        attempt("byname", lambda: socket.gethostbyname("example.invalid"))
+        attempt("udp", lambda: sys.audit("socket.sendto", udp, (TEST_NET, 9)))
+        attempt("reverse", lambda: sys.audit("socket.gethostbyaddr", TEST_NET))
+        attempt("byname", lambda: sys.audit("socket.gethostbyname", "example.invalid"))
+        attempt("nameinfo", lambda: sys.audit("socket.getnameinfo", (TEST_NET, 80), 0))
+        results["probe"] = guard.probe_connect((TEST_NET, 443))
+        results["probe_loopback"] = guard.probe_connect(("127.0.0.1", 443))
     """)
     r = out["results"]
-    for key in ("name", "url", "ip", "udp", "reverse", "byname"):
+    for key in ("name", "ip", "udp", "reverse", "byname", "nameinfo"):
         assert "blocked" in r[key], key
         assert r[key]["permission_error"]
     assert "'example.invalid'" in r["name"]["blocked"]
     assert "GPTOSS_ALLOWED_HOSTS=example.invalid" in r["name"]["blocked"]
-    assert r["ip_connected"] is False and r["udp_bound_port"] == 0
-    assert out["status"]["blocked"] == 6 and len(out["log"]) == 6
+    assert "192.0.2.7:9" in r["ip"]["blocked"]
+    assert "192.0.2.7:443" in r["probe"] and r["probe_loopback"] is None
+    assert out["status"]["blocked"] == 6 and len(out["log"]) == 6  # probes are neither counted nor logged
     assert "example.invalid" in out["log"][0] and "refused" in out["log"][0]
     assert out["status"]["recent_refusals"][0] == {"host": "example.invalid", "event": "socket.getaddrinfo"}
+
+
+def test_listed_loopback_ports():
+    # Loopback mode "listed": a real connect() to a listening loopback port that is not on the list is
+    # refused before it runs (the server never sees it); the listed port connects.
+    out = run_child("""
+        other = socket.socket()
+        other.bind(("127.0.0.1", 0))
+        other.listen(4)
+        other.settimeout(0.5)
+        other_port = other.getsockname()[1]
+        guard.install([f"127.0.0.1:{port}"], loopback=False)
+        def connect(p, srv):
+            socket.create_connection(("127.0.0.1", p), timeout=2).close()
+            srv.accept()[0].close()
+        attempt("listed", lambda: connect(port, server))
+        attempt("unlisted", lambda: connect(other_port, other))
+        try:
+            other.accept()
+            results["other_saw_a_connection"] = True
+        except (socket.timeout, TimeoutError):
+            results["other_saw_a_connection"] = False
+        attempt("unlisted_v6", lambda: sys.audit("socket.connect", socket.socket(socket.AF_INET6), ("::1", port)))
+        results["ports"] = [port, other_port]
+    """)
+    r = out["results"]
+    port, other_port = r["ports"]
+    assert r["listed"] == "ok"
+    assert "blocked" in r["unlisted"] and f"127.0.0.1:{other_port}" in r["unlisted"]["blocked"]
+    assert r["other_saw_a_connection"] is False
+    assert "blocked" in r["unlisted_v6"]  # ::1 is not 127.0.0.1
+    assert out["status"]["loopback"] == "listed only"
+    assert out["status"]["allowed_hosts"] == [f"127.0.0.1/32:{port}"]
+    assert out["status"]["blocked"] == 2 and len(out["log"]) == 2
+
+
+def test_listed_loopback_from_the_environment_and_patterns():
+    out = run_child("""
+        guard.install()
+        results["status"] = guard.status()
+        tcp = socket.socket()
+        attempt("port_listed", lambda: sys.audit("socket.connect", tcp, ("127.0.0.1", 1)))
+        attempt("port_other", lambda: sys.audit("socket.connect", tcp, ("127.0.0.1", 2)))
+        guard.allow(["*.docs.internal", "wiki.internal:443"])
+        attempt("sub", lambda: guard.check_host("a.b.docs.internal"))
+        attempt("apex", lambda: guard.check_host("docs.internal"))
+        attempt("lookalike", lambda: guard.check_host("evildocs.internal"))
+        attempt("wiki_443", lambda: guard.check_host("wiki.internal", port=443))
+        attempt("wiki_80", lambda: guard.check_host("wiki.internal", port=80))
+        for bad in ("http://x.org/", "x.org:0", "a*b.org", "[::1"):
+            try:
+                guard.allow([bad])
+                results[bad] = "accepted"
+            except ValueError as e:
+                results[bad] = str(e)
+        results["after"] = guard.status()["allowed_hosts"]
+    """, env={"GPTOSS_GUARD_LOOPBACK": "listed", "GPTOSS_ALLOWED_HOSTS": "127.0.0.1:1"})
+    r = out["results"]
+    assert r["status"]["loopback"] == "listed only"
+    assert "localhost" not in r["status"]["allowed_hosts"]  # "localhost" would allow every loopback port
+    assert r["port_listed"] == "ok" and "blocked" in r["port_other"]
+    assert r["sub"] == "ok" and r["apex"] == "ok" and "blocked" in r["lookalike"]
+    assert r["wiki_443"] == "ok" and "blocked" in r["wiki_80"]
+    for bad in ("http://x.org/", "x.org:0", "a*b.org", "[::1"):
+        assert "invalid allowed host" in r[bad], bad
+    assert r["after"] == ["wiki.internal:443", "*.docs.internal", "127.0.0.1/32:1"]
 
 
 def test_allowlist_lets_a_name_through():

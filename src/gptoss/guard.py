@@ -16,8 +16,15 @@ This guard protects gptoss's own process (model downloads, third-party telemetry
 Allowed without configuration: loopback addresses (127.0.0.0/8, ::1, IPv4-mapped loopback), the
 unspecified address (which reaches this machine), Unix and netlink sockets; ``localhost`` is in
 the default allowlist (``DEFAULT_ALLOWED_HOSTS``). Allowlist entries are host names (exact,
-case-insensitive), IP addresses or networks in CIDR notation. Addresses an allowed name resolves
-to are learned when the name is looked up, so a later ``connect`` to them passes.
+case-insensitive), ``*.example.com`` (the domain and its subdomains), ``*`` (any host: nothing is
+refused), IP addresses or networks in CIDR notation, each optionally with ``:PORT`` (``[::1]:PORT``)
+to allow that port only. :func:`allow` adds entries to the list in force (the browser's
+``--web-allow`` hosts arrive this way). Addresses an allowed name resolves to are learned when the
+name is looked up, so a later ``connect`` to them passes (on the name's ports).
+
+Loopback mode ``listed`` (``install(loopback=False)`` or ``$GPTOSS_GUARD_LOOPBACK=listed``) stops
+allowing every loopback port: only listed ones (``127.0.0.1:8888``) may be reached, for machines
+where other local services must stay out of reach of gptoss (and of what it reads).
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = [
-    "ALLOW_ENV", "DEFAULT_ALLOWED_HOSTS", "OFFLINE_ENV", "EgressBlockedError", "check_host", "disable", "install",
+    "ALLOW_ENV", "DEFAULT_ALLOWED_HOSTS", "LOOPBACK_ENV", "OFFLINE_ENV", "EgressBlockedError", "allow", "check_host",
+    "disable", "install", "probe_connect",
     "self_test", "set_offline_env", "status",
 ]
 
 log = logging.getLogger("gptoss.guard")
 
 ALLOW_ENV = "GPTOSS_ALLOWED_HOSTS"  # comma-separated extra hosts, read by install() when no list is given
+LOOPBACK_ENV = "GPTOSS_GUARD_LOOPBACK"  # "all" (default) or "listed": only loopback entries of the list
 DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = ("localhost",)
 
 # Libraries that phone home or download on first use, told to stay offline.
@@ -77,12 +86,26 @@ class EgressBlockedError(PermissionError):
             f"or call gptoss.guard.install(allowed_hosts=[{host!r}, ...])")
 
 
+Ports = frozenset[int] | None  # None: any port
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _merge(a: Ports, b: Ports) -> Ports:
+    return None if a is None or b is None else a | b
+
+
+def _add(table: dict, key: object, ports: Ports) -> None:
+    table[key] = _merge(table[key], ports) if key in table else ports
+
+
 @dataclass
 class _Policy:
     enabled: bool = False
-    names: frozenset[str] = frozenset()
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    learned: set[str] = field(default_factory=set)  # addresses allowed names resolved to
+    loopback: bool = True  # every loopback address and port allowed (False: only listed ones)
+    names: dict[str, Ports] = field(default_factory=dict)  # exact host names
+    suffixes: dict[str, Ports] = field(default_factory=dict)  # ".example.com": domain and subdomains; "": any
+    networks: dict[Network, Ports] = field(default_factory=dict)
+    learned: dict[str, Ports] = field(default_factory=dict)  # addresses allowed names resolved to
     blocked: int = 0
     recent: list[dict[str, str]] = field(default_factory=list)
 
@@ -93,33 +116,85 @@ _install_lock = threading.Lock()
 _local = threading.local()  # .learning: resolving an allowed name; .logging: inside a refusal's log call
 
 
-def install(allowed_hosts: Iterable[str] | None = None) -> None:
+def install(allowed_hosts: Iterable[str] | None = None, *, loopback: bool | None = None) -> None:
     """Turn the guard on (idempotent). ``allowed_hosts`` replaces the allowlist; None means
-    ``DEFAULT_ALLOWED_HOSTS`` plus the comma-separated ``$GPTOSS_ALLOWED_HOSTS``. Loopback addresses
-    are always allowed. Raises ValueError for an entry that is neither a host name nor an address."""
+    ``DEFAULT_ALLOWED_HOSTS`` plus the comma-separated ``$GPTOSS_ALLOWED_HOSTS``. An entry may end in
+    ``:PORT`` (``[::1]:PORT`` for IPv6) to allow that port only. ``loopback`` (default: True unless
+    ``$GPTOSS_GUARD_LOOPBACK`` is ``listed``) allows every loopback address and port; False allows only
+    the loopback entries of the list. Raises ValueError for an entry that is neither a host nor an address."""
     global _hook_added, _policy
+    if loopback is None:
+        mode = os.environ.get(LOOPBACK_ENV, "all").strip().lower() or "all"
+        if mode not in ("all", "listed"):
+            raise ValueError(f"${LOOPBACK_ENV} must be 'all' or 'listed', got {mode!r}")
+        loopback = mode == "all"
     if allowed_hosts is None:
         extra = [h for h in os.environ.get(ALLOW_ENV, "").split(",") if h.strip()]
-        allowed_hosts = [*DEFAULT_ALLOWED_HOSTS, *extra]
-    names: set[str] = set()
-    networks = []
-    for entry in allowed_hosts:
-        entry = entry.strip()
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            if any(c in entry for c in "/: ") or entry.startswith("."):
-                raise ValueError(f"invalid allowed host {entry!r}: expected a host name, an IP address or "
-                                 "a network in CIDR notation") from None
-            names.add(entry.lower().rstrip("."))
+        # listed loopback: "localhost" (any port) would undo it, so only the listed entries count
+        allowed_hosts = [*(DEFAULT_ALLOWED_HOSTS if loopback else ()), *extra]
+    fresh = _Policy()
+    _parse_into(fresh, allowed_hosts)
     with _install_lock:
-        _policy = _Policy(enabled=True, names=frozenset(names), networks=tuple(networks),
-                          blocked=_policy.blocked, recent=_policy.recent)
+        _policy = _Policy(enabled=True, loopback=loopback, names=fresh.names, suffixes=fresh.suffixes,
+                          networks=fresh.networks, blocked=_policy.blocked, recent=_policy.recent)
         if not _hook_added:
             sys.addaudithook(_audit)
             _hook_added = True
+
+
+def allow(hosts: Iterable[str]) -> None:
+    """Add ``hosts`` to the allowlist in force (whether or not the guard is on); same entry forms as
+    :func:`install`. The browser's ``--web-allow`` hosts reach the guard this way."""
+    hosts = list(hosts)
+    with _install_lock:
+        probe = _Policy()
+        _parse_into(probe, hosts)  # validate everything before changing anything
+        _parse_into(_policy, hosts)
+
+
+def _split_port(entry: str) -> tuple[str, Ports]:
+    """``host:443`` / ``[::1]:443`` / ``1.2.3.4:80`` -> (host, {port}); anything else -> (entry, None)."""
+    if entry.startswith("["):
+        host, sep, rest = entry[1:].partition("]")
+        if not sep:
+            raise ValueError(f"invalid allowed host {entry!r}: unclosed '['")
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ValueError(f"invalid allowed host {entry!r}")
+        port_text = rest[1:]
+    elif entry.count(":") == 1:  # more than one colon: a bare IPv6 address or network, no port
+        host, port_text = entry.split(":")
+    else:
+        return entry, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid allowed host {entry!r}: the port must be a number from 1 to 65535")
+    return host, frozenset({int(port_text)})
+
+
+def _parse_into(policy: _Policy, entries: Iterable[str]) -> None:
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        host, ports = _split_port(entry)
+        try:
+            _add(policy.networks, ipaddress.ip_network(host, strict=False), ports)
+            continue
+        except ValueError:
+            pass
+        name = host.lower().rstrip(".")
+        if name == "*":
+            _add(policy.suffixes, "", ports)
+            continue
+        if name.startswith("*."):
+            name = name[1:]
+        domain = name.startswith(".")
+        bare = name[1:] if domain else name
+        if not bare or any(c in bare for c in "/:*[] ") or bare.startswith("."):
+            raise ValueError(f"invalid allowed host {entry!r}: expected a host name, '*.domain', '*', an IP "
+                             "address or a network in CIDR notation, optionally with ':PORT'")
+        _add(policy.suffixes if domain else policy.names, name, ports)
 
 
 def disable() -> None:
@@ -127,14 +202,27 @@ def disable() -> None:
     _policy.enabled = False
 
 
+def _show(entry: object, ports: Ports) -> str:
+    text = str(entry)
+    if ports is None:
+        return text
+    if ":" in text:
+        text = f"[{text}]"
+    return ",".join(f"{text}:{p}" for p in sorted(ports))
+
+
 def status() -> dict:
     """What ``gptoss doctor`` reports: whether the guard is on and what it allows."""
     p = _policy
+    allowed = ([_show(n, v) for n, v in sorted(p.names.items())]
+               + [_show("*" if s == "" else "*" + s, v) for s, v in sorted(p.suffixes.items())]
+               + [_show(n, v) for n, v in p.networks.items()])
     return {
         "installed": _hook_added,
         "enabled": _hook_added and p.enabled,
-        "allowed_hosts": sorted(p.names) + [str(n) for n in p.networks],
-        "always_allowed": ["loopback (127.0.0.0/8, ::1)", "unix sockets"],
+        "allowed_hosts": allowed,
+        "loopback": "all" if p.loopback else "listed only",
+        "always_allowed": (["loopback (127.0.0.0/8, ::1)"] if p.loopback else []) + ["unix sockets"],
         "blocked": p.blocked,
         "recent_refusals": list(p.recent),
     }
@@ -157,6 +245,22 @@ def self_test() -> bool:
     return False
 
 
+def probe_connect(address: tuple[str, int]) -> str | None:
+    """Would a TCP connect to ``address`` be refused? Raises the ``socket.connect`` audit event with a
+    real socket but never calls ``connect()``, so no packet can leave even when the guard is off.
+    Returns the refusal message, or None when the connection would be allowed. Not logged or counted."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    _local.probing = True
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sys.audit("socket.connect", sock, address)
+    except EgressBlockedError as e:
+        return str(e)
+    finally:
+        _local.probing = False
+    return None
+
+
 def set_offline_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Set the variables that keep Hugging Face, telemetry and tracking libraries offline
     (``OFFLINE_ENV``) in ``environ`` (default ``os.environ``); returns what was set."""
@@ -165,38 +269,62 @@ def set_offline_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return dict(OFFLINE_ENV)
 
 
-def _is_loopback(host: str) -> bool:
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    return addr.is_loopback or addr.is_unspecified  # connecting to 0.0.0.0 / :: reaches this machine
+    return addr
 
 
-def _allowed(host: str) -> bool:
-    if _is_loopback(host):
-        return True
+def _is_loopback(host: str) -> bool:
+    addr = _ip(host)
+    return addr is not None and (addr.is_loopback or addr.is_unspecified)  # 0.0.0.0 / :: reach this machine
+
+
+def _port_ok(ports: Ports, port: int | None) -> bool:
+    return ports is None or port is None or port in ports
+
+
+def _suffix_allowed(name: str, port: int | None = None) -> bool:
+    return any(_port_ok(ports, port) and (s == "" or name == s[1:] or name.endswith(s))
+               for s, ports in _policy.suffixes.items())
+
+
+def _name_allowed(name: str, port: int | None = None) -> bool:
     p = _policy
-    name = host.lower().rstrip(".")
-    if name in p.names or host in p.learned:
+    name = name.lower().rstrip(".")
+    return (name in p.names and _port_ok(p.names[name], port)) or _suffix_allowed(name, port)
+
+
+def _allowed(host: str, port: int | None = None) -> bool:
+    """``port`` None: a name lookup (any entry for the host will do; the port is checked at connect)."""
+    p = _policy
+    if p.loopback and _is_loopback(host):
         return True
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    if _name_allowed(host, port):
+        return True
+    if host in p.learned and _port_ok(p.learned[host], port):
+        return True
+    addr = _ip(host)
+    if addr is None:
         return False
-    return any(addr in net for net in p.networks)
+    if "" in p.suffixes and _port_ok(p.suffixes[""], port):  # "*": any host
+        return True
+    return any(addr in net and _port_ok(ports, port) for net, ports in p.networks.items())
 
 
-def check_host(host: str | bytes | None, event: str = "check") -> None:
-    """Raise :class:`EgressBlockedError` (and log it) unless the policy allows ``host``.
+def check_host(host: str | bytes | None, event: str = "check", port: int | None = None) -> None:
+    """Raise :class:`EgressBlockedError` (and log it) unless the policy allows ``host`` (and ``port``).
     ``None`` and the empty host (a passive/local lookup) are allowed."""
     if isinstance(host, bytes):
         host = host.decode("idna", "replace")
-    if host is None or host == "" or not _policy.enabled or _allowed(str(host)):
+    if host is None or host == "" or not _policy.enabled or _allowed(str(host), port):
         return
-    _refuse(str(host), event)
+    shown = str(host) if port is None else _show(host, frozenset({port}))
+    _refuse(shown, event)
 
 
 def _refuse(host: str, event: str) -> None:
@@ -216,7 +344,15 @@ def _refuse(host: str, event: str) -> None:
 
 
 def _learn(host: str) -> None:
-    """Resolve an allowed name once more so that connect() to its addresses passes."""
+    """Resolve an allowed name once more so that connect() to its addresses passes (on its ports)."""
+    p = _policy
+    name = host.lower().rstrip(".")
+    ports: Ports = frozenset()
+    if name in p.names:
+        ports = _merge(ports, p.names[name])
+    for s, allowed in p.suffixes.items():
+        if s == "" or name == s[1:] or name.endswith(s):
+            ports = _merge(ports, allowed)
     _local.learning = True
     try:
         infos = socket.getaddrinfo(host, None)
@@ -224,7 +360,8 @@ def _learn(host: str) -> None:
         return
     finally:
         _local.learning = False
-    _policy.learned.update(str(info[4][0]) for info in infos)
+    for info in infos:
+        _add(p.learned, str(info[4][0]), ports)
 
 
 def _audit(event: str, args: tuple) -> None:
@@ -238,7 +375,7 @@ def _audit(event: str, args: tuple) -> None:
         check_host(host, event)
         if event == "socket.getaddrinfo" and isinstance(host, str | bytes) and host:
             name = host.decode("idna", "replace") if isinstance(host, bytes) else host
-            if not _is_loopback(name) and name.lower().rstrip(".") in _policy.names:
+            if not _is_loopback(name) and _name_allowed(name):
                 _learn(name)
     elif event == "socket.getnameinfo":
         sockaddr = args[0]
@@ -252,6 +389,7 @@ def _audit(event: str, args: tuple) -> None:
         if family in _LOCAL_FAMILIES:
             return
         if family in _IP_FAMILIES and isinstance(address, tuple) and address:
-            check_host(address[0], event)
+            port = address[1] if len(address) > 1 and isinstance(address[1], int) else None
+            check_host(address[0], event, port)
             return
         _refuse(f"{address!r} (address family {family!r})", event)

@@ -14,13 +14,22 @@ from typing import TextIO
 from openai_harmony import Conversation, Message
 from rich.console import Console
 
-from gptoss.cli.conversation import add_conversation_arguments, build_registry, header_messages, resolve_date
+from gptoss.cli.conversation import (
+    add_conversation_arguments,
+    build_registry,
+    builtin_options,
+    citation_lines,
+    close_registry,
+    describe_result,
+    header_messages,
+    resolve_date,
+)
 from gptoss.harmony.render import EFFORTS, parse_effort, tool_result_message, user_message
 
 HELP = """commands:
   /effort low|medium|high   change reasoning effort (now: {effort})
   /reasoning                show or hide the chain of thought (now: {shown})
-  /reset                    forget the conversation
+  /reset                    forget the conversation (and the python tool's variables)
   /save FILE | /load FILE   write or read the conversation as JSON
   /tools                    list the tools the model may call
   /result TEXT              answer the pending function call with TEXT
@@ -32,6 +41,8 @@ EPILOG = """examples:
   gptoss chat --model /path/to/gpt-oss-20b
   gptoss chat --model M --reasoning-effort high --show-reasoning
   printf 'Hi\\nWhat is 2+2?\\n' | gptoss chat --model M     # one prompt per line, answers on stdout
+  gptoss index add ~/notes && gptoss chat --model M --browser local   # answers cite your files
+  gptoss chat --model M --python                           # sandboxed, stateful Python
 """
 
 
@@ -43,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class ChatSession:
     """Conversation state and slash commands, independent of where input comes from."""
 
-    def __init__(self, model, args: argparse.Namespace, console: Console, interactive: bool) -> None:
+    def __init__(self, model, args: argparse.Namespace, console: Console, interactive: bool,
+                 source=None) -> None:
+        """``source`` replaces the model's engine as the token source (tests script one)."""
         from gptoss.agent import Agent, engine_source
 
         self.args = args
@@ -52,8 +65,9 @@ class ChatSession:
         self.effort = args.effort
         self.show_reasoning = args.show_reasoning
         self.date = resolve_date(args.date)
-        self.registry = build_registry(args)
-        self.agent = Agent(engine_source(model.transformer), self.registry, args.max_tool_rounds)
+        self.builtins = builtin_options(args)
+        self.registry = build_registry(args, self.builtins)
+        self.agent = Agent(source or engine_source(model.transformer), self.registry, args.max_tool_rounds)
         self.history: list[Message] = []  # everything after the system/developer messages
         self.pending: list = []
         self.cancel = threading.Event()
@@ -83,6 +97,7 @@ class ChatSession:
             say(f"reasoning {'shown' if self.show_reasoning else 'hidden'}", style="green")
         elif name == "reset":
             self.history, self.pending = [], []
+            self.new_tools()
             say("conversation cleared", style="green")
         elif name == "save":
             self._save(arg)
@@ -90,7 +105,7 @@ class ChatSession:
             self._load(arg)
         elif name == "tools":
             names = self.registry.names()
-            say("tools: " + (", ".join(names) if names else "none (add functions with --functions FILE)"),
+            say("tools: " + (", ".join(names) if names else "none (add --browser local, --python or --functions FILE)"),
                 markup=False, highlight=False)
         elif name == "result":
             if not self.pending:
@@ -103,6 +118,15 @@ class ChatSession:
         else:
             say(f"unknown command /{name}; /help lists them", style="yellow", markup=False)
         return True
+
+    def new_tools(self) -> None:
+        """Fresh built-in tools (a new python interpreter, an empty page stack)."""
+        close_registry(self.registry)
+        self.registry = build_registry(self.args, self.builtins)
+        self.agent.tools = self.registry
+
+    def close(self) -> None:
+        close_registry(self.registry)
 
     def _save(self, path: str) -> None:
         if not path:
@@ -183,11 +207,15 @@ class ChatSession:
                 elif isinstance(ev, ToolCallArgsDelta):
                     say(ev.text, end="", style="cyan", markup=False, highlight=False)
                 elif isinstance(ev, ToolResult):
-                    say(f"\n← {ev.output}", style="dim", markup=False, highlight=False)
+                    say(f"\n← {describe_result(ev.output)}", style="dim", markup=False, highlight=False)
                 elif isinstance(ev, TurnDone):
                     done = ev
         assert done is not None
         say()
+        answer = "".join(m.content for m in done.new_messages if m.channel == "final" and not m.is_tool_call)
+        sources = citation_lines(answer, self.registry)
+        if sources:
+            say("sources:\n" + "\n".join(f"  {line}" for line in sources), style="cyan", markup=False)
         self.history = done.messages[len(header):]
         self.pending = list(done.pending_calls)
         u = done.usage
@@ -251,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     from gptoss.api import Model
 
     interactive = sys.stdin.isatty()
+    builtin_options(args)  # a bad --browser/--python combination fails before the model loads
     console = Console(highlight=False, soft_wrap=True)
     if interactive:
         console.print(f"loading {args.model} ...", style="dim", markup=False)
@@ -259,12 +288,15 @@ def run(args: argparse.Namespace) -> int:
     if interactive:
         console.print(f"gptoss chat · effort {session.effort} · /help for commands · Ctrl-D to leave",
                       style="bold", markup=False)
-    for text in read_prompts(sys.stdin, interactive, console):
-        if text.startswith("/"):
-            if not session.command(text.strip()):
-                break
-        else:
-            session.ask(text)
+    try:
+        for text in read_prompts(sys.stdin, interactive, console):
+            if text.startswith("/"):
+                if not session.command(text.strip()):
+                    break
+            else:
+                session.ask(text)
+    finally:
+        session.close()
     return 0
 
 

@@ -13,6 +13,13 @@ from openai_harmony import Message
 from gptoss.cli.common import add_model_arguments, positive_int
 from gptoss.harmony.render import EFFORTS, FunctionTool, developer_message, parse_effort, system_message
 from gptoss.tools.base import ToolRegistry
+from gptoss.tools.builtin import (
+    BuiltinOptions,
+    add_builtin_arguments,
+    make_builtin_tools,
+    options_from_args,
+    system_message_options,
+)
 
 DEFAULT_MAX_TOKENS = 2048
 
@@ -42,6 +49,7 @@ def add_conversation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--max-tool-rounds", type=int, default=8, help="tool calls per turn (default: %(default)s)")
+    add_builtin_arguments(p)
 
 
 def load_functions(path: Path | None) -> list[FunctionTool]:
@@ -85,14 +93,51 @@ def resolve_date(value: str | None) -> str | None:
 def header_messages(effort: str, date: str | None, instructions: str | None,
                     tools: ToolRegistry) -> list[Message]:
     """The system message and, if there is anything to say, the developer message."""
-    builtins = tools.builtins()
-    out = [system_message(effort, date, browser="browser" in builtins, python="python" in builtins)]
+    builtins = [tools.get(ns) for ns in sorted(tools.builtins())]
+    out = [system_message(effort, date, **system_message_options(builtins))]
     dev = developer_message(instructions, tools.functions.functions())
     return out + ([dev] if dev is not None else [])
 
 
-def build_registry(args: argparse.Namespace) -> ToolRegistry:
-    registry = ToolRegistry()
+def builtin_options(args: argparse.Namespace) -> BuiltinOptions:
+    """The checked ``--browser``/``--python`` options (ValueError for a bad combination)."""
+    return options_from_args(args)
+
+
+def build_registry(args: argparse.Namespace, opts: BuiltinOptions | None = None) -> ToolRegistry:
+    """Declared functions plus fresh built-in tools: one registry per conversation."""
+    registry = ToolRegistry(make_builtin_tools(opts if opts is not None else builtin_options(args)))
     for fn in load_functions(args.functions):
         registry.add_function(fn)
     return registry
+
+
+def close_registry(registry: ToolRegistry) -> None:
+    """End the conversation's tools (the python interpreter and its scratch directory)."""
+    from gptoss.tools.builtin import close_tools
+
+    close_tools(registry.get(ns) for ns in registry.builtins())
+
+
+def describe_result(output: str, max_lines: int = 40) -> str:
+    """A tool result as the terminal shows it: the first ``max_lines`` lines (the model gets all of it)."""
+    lines = output.split("\n")
+    if len(lines) <= max_lines:
+        return output
+    return "\n".join(lines[:max_lines]) + f"\n… ({len(lines) - max_lines} more lines)"
+
+
+def citation_lines(answer: str, registry: ToolRegistry) -> list[str]:
+    """``【cursor†La-Lb】`` markers in ``answer`` as ``[n] title <url> (lines)`` lines, via the browser's pages."""
+    from gptoss.tools.browser.citations import CITATION_RE, resolve_citations
+
+    browser = registry.get("browser")
+    if browser is None:
+        return []
+    _, annotations = resolve_citations(answer, browser, mode="keep")
+    out = []
+    for n, a in enumerate(annotations, 1):
+        m = CITATION_RE.fullmatch(answer[a["start_index"]:a["end_index"]])
+        lines = "" if m is None else f" lines {m.group(2)}" + (f"-{m.group(3)}" if m.group(3) else "")
+        out.append(f"[{n}] {a['title'] or a['url']} <{a['url']}>{lines}")
+    return out

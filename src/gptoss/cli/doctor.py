@@ -29,6 +29,9 @@ def _check(ok: bool | None, summary: str, **details: Any) -> dict[str, Any]:
     return {**details, "ok": ok, "summary": summary}
 
 
+PROBE_ADDRESS = ("192.0.2.1", 443)  # TEST-NET-1; only shown to the guard as an audit event, never contacted
+
+
 def check_guard() -> dict[str, Any]:
     st = guard.status()
     if not st["enabled"]:
@@ -36,8 +39,15 @@ def check_guard() -> dict[str, Any]:
                       "(the CLI entry point must call gptoss.guard.install())", **st)
     if not guard.self_test():
         return _check(False, "installed, but its self-test lookup was not refused", **st)
+    refusal = guard.probe_connect(PROBE_ADDRESS)
+    target = f"{PROBE_ADDRESS[0]}:{PROBE_ADDRESS[1]}"
+    st["probe"] = {"address": target, "refused": refusal is not None, "message": refusal}
     allowed = ", ".join(st["allowed_hosts"]) or "none"
-    return _check(True, f"on: loopback and allowed hosts ({allowed}) only; {st['blocked']} refused so far", **st)
+    loopback = "every loopback port" if st["loopback"] == "all" else "listed loopback ports only"
+    if refusal is None:
+        return _check(False, f"installed, but a connection to {target} would be allowed (allowed: {allowed})", **st)
+    return _check(True, f"on: {loopback}, allowed hosts: {allowed}; a connection to {target} is refused; "
+                  f"{st['blocked']} refused so far", **st)
 
 
 def check_offline_env() -> dict[str, Any]:
@@ -149,6 +159,8 @@ def _print_text(report: dict[str, Any]) -> None:
     print("gptoss doctor")
     for name, c in report["checks"].items():
         print(f"  {_LABELS[c['ok']]}  {name.replace('_', ' '):<15} {c['summary']}")
+        if name == "egress_guard" and c.get("probe"):
+            print(f"{'':23}probe: {c['probe']['message'] or 'NOT refused'}")
         if name == "paths":
             for key, value in c["paths"].items():
                 if key != "cache_dir_source":

@@ -10,13 +10,24 @@ import time
 from rich.console import Console
 
 from gptoss.cli.common import err_console, token_list
-from gptoss.cli.conversation import add_conversation_arguments, build_registry, header_messages, resolve_date
+from gptoss.cli.conversation import (
+    add_conversation_arguments,
+    build_registry,
+    builtin_options,
+    citation_lines,
+    close_registry,
+    describe_result,
+    header_messages,
+    resolve_date,
+)
 
 EPILOG = """examples:
   gptoss generate --model /path/to/gpt-oss-20b "Why is the sky blue?"
   gptoss generate --model M --reasoning-effort high --show-reasoning "Prove that 17 is prime"
   echo "Summarise: ..." | gptoss generate --model M - --json
   gptoss generate --model M --tokens 200006,1428,200008 --max-tokens 8 --temperature 0
+  gptoss generate --model M --browser local "What do my notes say about X?"   # cites indexed files
+  gptoss generate --model M --python "What is 2**100 mod 97? Compute it."
 """
 
 
@@ -39,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.prompt is None) == (args.tokens is None):
         raise ValueError("give either a prompt (text, or '-' for standard input) or --tokens IDS")
+    opts = builtin_options(args)  # checked before the model loads
+    if args.tokens is not None and opts.any:
+        raise ValueError("--browser and --python need a harmony prompt; raw --tokens mode has no tools")
     params = SamplingParams(args.max_tokens, args.temperature, args.top_p, args.top_k, args.seed,
                             tuple(args.stop))
     t0 = time.perf_counter()
@@ -76,21 +90,34 @@ def _run_tokens(model, args: argparse.Namespace, params, load_s: float) -> int:
     return 0
 
 
-def _run_text(model, args: argparse.Namespace, params, prompt: str, load_s: float) -> int:
+def _run_text(model, args: argparse.Namespace, params, prompt: str, load_s: float, source=None) -> int:
+    registry = build_registry(args)
+    try:
+        return _answer(model, args, params, prompt, load_s, registry, source)
+    finally:
+        close_registry(registry)
+
+
+def _answer(model, args: argparse.Namespace, params, prompt: str, load_s: float, registry, source) -> int:
     from gptoss.agent import Agent, ToolResult, TurnDone, engine_source
     from gptoss.harmony.parser import FinalDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallStarted
     from gptoss.harmony.render import user_message
 
-    registry = build_registry(args)
     messages = header_messages(args.effort, resolve_date(args.date), args.instructions, registry)
     messages.append(user_message(prompt))
-    agent = Agent(engine_source(model.transformer), registry, args.max_tool_rounds)
+    agent = Agent(source or engine_source(model.transformer), registry, args.max_tool_rounds)
     out = Console(highlight=False, soft_wrap=True)
     done: TurnDone | None = None
     streaming = not args.json
+    tool_results = []
     for event in agent.run(messages, params):
         if isinstance(event, TurnDone):
             done = event
+        elif isinstance(event, ToolResult):
+            tool_results.append((event.call, event.output))
+            if streaming:
+                err_console.print(f"\n← {describe_result(event.output)}", style="dim", markup=False,
+                                  highlight=False)
         elif not streaming:
             continue
         elif isinstance(event, FinalDelta):
@@ -101,17 +128,21 @@ def _run_text(model, args: argparse.Namespace, params, prompt: str, load_s: floa
             err_console.print(f"\n→ {event.recipient} ", end="", style="cyan", markup=False)
         elif isinstance(event, ToolCallArgsDelta):
             err_console.print(event.text, end="", style="cyan", markup=False, highlight=False)
-        elif isinstance(event, ToolResult):
-            err_console.print(f"\n← {event.output}", style="dim", markup=False, highlight=False)
     assert done is not None
     answer = "".join(m.content for m in done.new_messages if m.channel == "final" and not m.is_tool_call)
     reasoning = "\n".join(m.content for m in done.new_messages if m.channel == "analysis" and not m.is_tool_call)
     calls = [{"recipient": m.recipient, "channel": m.channel, "content_type": m.content_type,
               "arguments": m.content} for m in done.new_messages if m.is_tool_call]
+    results = [{"recipient": m.recipient, "output": out_} for m, out_ in tool_results]
     u = done.usage
     if args.json:
+        from gptoss.tools.browser.citations import resolve_citations
+
+        browser = registry.get("browser")
+        citations = resolve_citations(answer, browser, mode="keep")[1] if browser is not None else []
         print(json.dumps({
-            "answer": answer, "reasoning": reasoning, "tool_calls": calls,
+            "answer": answer, "reasoning": reasoning, "tool_calls": calls, "tool_results": results,
+            "citations": citations,
             "finish_reason": done.finish_reason, "reasoning_effort": args.effort,
             "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                       "reasoning_tokens": u.reasoning_tokens, "tool_rounds": u.tool_rounds},
@@ -120,6 +151,8 @@ def _run_text(model, args: argparse.Namespace, params, prompt: str, load_s: floa
         }, ensure_ascii=False))
         return 0
     out.print()
+    for line in citation_lines(answer, registry):
+        err_console.print(f"source {line}", style="cyan", markup=False, highlight=False)
     if done.pending_calls:
         err_console.print("(the model called a function; run it and continue in `gptoss chat` with /result)",
                           style="yellow")

@@ -51,6 +51,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from gptoss import guard
+
+    guard.set_offline_env()  # before any command module imports a hub or telemetry client
+    guard.install()  # every command: loopback and $GPTOSS_ALLOWED_HOSTS only (tools add their hosts)
     if argv[:2] == ["bench", "serve"]:  # `gptoss bench serve` reads better than `bench-serve`
         argv = ["bench-serve", *argv[2:]]
     parser = build_parser(argv)
