@@ -140,7 +140,7 @@ class Steered:
 def tiny_engine(tiny_checkpoint):
     from gptoss.api import Model
 
-    engine = ModelEngine(Model.load(tiny_checkpoint, dtype="float32").transformer, "tiny")
+    engine = ModelEngine(Model.load(tiny_checkpoint, dtype="float32").transformer, "m")
     yield engine
     engine.close()
 

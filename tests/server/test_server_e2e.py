@@ -67,7 +67,7 @@ def test_bad_key_and_bad_request(tiny_client):
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
     with pytest.raises(openai.BadRequestError) as e:
-        tiny_client.responses.create(model="m", input="x", reasoning={"effort": "ultra"})
+        tiny_client.responses.create(model="gpt-oss-20b", input="x", reasoning={"effort": "ultra"})
     assert e.value.body["param"] == "reasoning.effort"
 
 

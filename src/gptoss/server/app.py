@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from gptoss.server.engine import DEFAULT_MAX_QUEUE, Engine
 from gptoss.server.errors import APIError, busy, install_error_handlers
+from gptoss.server.sessions import ToolSessions
 from gptoss.server.store import ResponseStore
 
 DEFAULT_MAX_TOKENS = 4096
@@ -71,7 +72,8 @@ class ServerContext:
     admission: Admission
     api_keys: tuple[str, ...] = ()
     default_max_tokens: int = DEFAULT_MAX_TOKENS
-    max_tool_rounds: int = 3
+    max_tool_rounds: int = 8
+    sessions: ToolSessions = field(default_factory=ToolSessions)
     started: int = field(default_factory=lambda: int(time.time()))
 
     def budget(self, prompt_len: int, requested: int | None) -> int:
@@ -85,22 +87,25 @@ class ServerContext:
 
 def create_app(engine: Engine, *, db_path: str | Path | None = None, store: ResponseStore | None = None,
                api_keys: Sequence[str] = (), max_queue: int = DEFAULT_MAX_QUEUE,
-               default_max_tokens: int = DEFAULT_MAX_TOKENS, max_tool_rounds: int = 3) -> FastAPI:
+               default_max_tokens: int = DEFAULT_MAX_TOKENS, max_tool_rounds: int = 8,
+               builtin=None) -> FastAPI:
     """An app serving ``engine`` (the caller owns it and closes it).
 
     ``db_path`` (default under the gptoss cache dir) holds stored responses; ``api_keys`` (if any) must be
     presented as ``Authorization: Bearer KEY``; at most ``max_queue`` requests wait behind the ones the engine
-    is decoding (its ``max_batch``), more get 429."""
+    is decoding (its ``max_batch``), more get 429. ``builtin`` (a :class:`gptoss.tools.builtin.BuiltinOptions`)
+    enables the browser/python tools requests may use; ``max_tool_rounds`` bounds the tool calls run in a turn."""
     from gptoss.server import routes_chat, routes_responses
 
     own_store = store is None
     running = int(getattr(engine, "max_batch", 1))  # requests the engine decodes at once
     ctx = ServerContext(engine, store or ResponseStore(db_path), Admission(running + max_queue), tuple(api_keys),
-                        default_max_tokens, max_tool_rounds)
+                        default_max_tokens, max_tool_rounds, ToolSessions(builtin))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        ctx.sessions.close()
         if own_store:  # the engine (and a store passed in) belong to the caller
             ctx.store.close()
 

@@ -225,7 +225,7 @@ class StubEngine:
     last one repeats. ``delay`` sleeps before each token; ``gate`` (if given) must be set before any
     token comes out. Records ``prompts``, ``params`` and how many generations were ``cancelled``."""
 
-    def __init__(self, completions: Sequence[str | Sequence[int]] = (), *, model_id: str = "gpt-oss-stub",
+    def __init__(self, completions: Sequence[str | Sequence[int]] = (), *, model_id: str = "m",
                  max_context: int = 131072, delay: float = 0.0, gate: threading.Event | None = None,
                  seed: int = 0) -> None:
         self.scripts = [_encode(c) for c in completions] or [_encode("<|channel|>final<|message|>Hi.<|return|>")]

@@ -53,6 +53,25 @@ def busy() -> APIError:
                     code="rate_limit_exceeded")
 
 
+def _model_key(name: str) -> str:
+    name = name.strip().lower()
+    return name.removeprefix("openai/").replace(":", "-")
+
+
+def check_model(model: str | None, ctx) -> None:
+    """The request's ``model`` must name what is served: its id, or a gpt-oss alias (``gpt-oss-20b``,
+    ``openai/gpt-oss-20b``, ``gpt-oss:20b``...: clients hard-code these). Anything else -> 404."""
+    if model is None:
+        return
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("model must be a non-empty string", param="model")
+    key = _model_key(model)
+    if key == _model_key(ctx.engine.model_id) or key.startswith("gpt-oss"):
+        return
+    raise APIError(f"the model {model!r} does not exist; this server serves {ctx.engine.model_id!r}",
+                   status=404, param="model", code="model_not_found")
+
+
 def _loc(loc: tuple) -> str | None:
     parts = [p for p in loc if p not in ("body", "query", "path")]
     out = ""

@@ -41,7 +41,9 @@ from gptoss.server.errors import bad_request
 from gptoss.server.protocol import new_id
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-BUILTIN_TOOLS = ("web_search", "web_search_preview", "browser_search", "code_interpreter")
+# Built-in tool types of the APIs -> the harmony namespace that serves them (SPEC §6.2, §6.7).
+BUILTIN_TOOLS = {"web_search": "browser", "web_search_preview": "browser", "browser_search": "browser",
+                 "web_search_preview_2025_03_11": "browser", "code_interpreter": "python"}
 ITEM_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc", "function_call_output": "fco",
                "web_search_call": "ws", "code_interpreter_call": "ci"}
 
@@ -77,8 +79,7 @@ def parse_functions(tools: list[dict] | None, chat: bool) -> list[FunctionTool]:
         param = f"tools[{i}]"
         kind = tool.get("type")
         if kind in BUILTIN_TOOLS:
-            raise bad_request(f"built-in tool {kind!r} is not available on this server; declare functions instead",
-                              param=f"{param}.type", code="unsupported_tool")
+            continue  # see parse_builtins
         if kind != "function":
             raise bad_request(f"unsupported tool type {kind!r} (expected 'function')", param=f"{param}.type")
         spec = tool.get("function") if chat else tool
@@ -99,6 +100,23 @@ def parse_functions(tools: list[dict] | None, chat: bool) -> list[FunctionTool]:
         strict = (not chat) if strict is None else bool(strict)  # OpenAI defaults: Responses true, Chat false
         out.append(FunctionTool(name, spec.get("description") or "", params, strict))
     return out
+
+
+def parse_builtins(tools: list[dict] | None, available: Sequence[str]) -> tuple[str, ...]:
+    """Namespaces (``browser``, ``python``) of the built-in tools a request asks for; each must be one the
+    server was started with (``available``), else 400 naming the flag that enables it."""
+    wanted: list[str] = []
+    for i, tool in enumerate(tools or []):
+        ns = BUILTIN_TOOLS.get(tool.get("type")) if isinstance(tool, dict) else None
+        if ns is None:
+            continue
+        if ns not in available:
+            flag = "--browser local|web" if ns == "browser" else "--python"
+            raise bad_request(f"built-in tool {tool['type']!r} is not enabled on this server (start it with {flag})",
+                              param=f"tools[{i}].type", code="unsupported_tool")
+        if ns not in wanted:
+            wanted.append(ns)
+    return tuple(wanted)
 
 
 @dataclass(frozen=True)
@@ -173,10 +191,11 @@ def constraint_spec(final_schema: dict | None, functions: Sequence[FunctionTool]
 
 # -- conversation ---------------------------------------------------------------------------------------
 def header_messages(effort: str, instructions: Sequence[str], functions: Sequence[FunctionTool],
-                    fmt: ResponseFormat | None) -> list[Message]:
+                    fmt: ResponseFormat | None, builtin: dict[str, Any] | None = None) -> list[Message]:
+    """System + developer messages; ``builtin`` = ``system_message`` keywords declaring browser/python."""
     today = datetime.date.today().isoformat()
     dev = developer_message("\n\n".join(instructions) or None, list(functions), fmt)
-    return [system_message(effort, today)] + ([dev] if dev is not None else [])
+    return [system_message(effort, today, **(builtin or {}))] + ([dev] if dev is not None else [])
 
 
 def content_text(content: Any, param: str) -> str:
@@ -280,19 +299,31 @@ def items_to_messages(items: Sequence[dict], param: str = "input") -> tuple[list
                 raise bad_request(f"no function_call with call_id {it.get('call_id')!r} precedes this output",
                                   param=f"{where}.call_id")
             messages.append(tool_result_message(f"functions.{name}", _output_text(it.get("output"), f"{where}.output")))
-        elif kind in ("web_search_call", "code_interpreter_call"):
-            if kind == "web_search_call":
-                action = it.get("action") or {}
-                verb = {"search": "search", "open_page": "open", "find": "find"}.get(action.get("type"), "search")
-                messages.append(tool_call_message(f"browser.{verb}", json.dumps(action), "analysis"))
-            else:
-                messages.append(tool_call_message("python", str(it.get("code") or ""), "analysis", None))
+        elif kind == "web_search_call":
+            action = it.get("action") if isinstance(it.get("action"), dict) else {}
+            verb, args = _browser_call(action)
+            messages.append(tool_call_message(f"browser.{verb}", json.dumps(args), "analysis"))
+        elif kind == "code_interpreter_call":
+            messages.append(tool_call_message("python", str(it.get("code") or ""), "analysis", None))
+            logs = "".join(str(o.get("logs", "")) for o in it.get("outputs") or [] if isinstance(o, dict))
+            if logs:  # the result the model saw, as far as the item carries it
+                messages.append(tool_result_message("python", logs, "analysis"))
         elif kind == "item_reference":
             raise bad_request("item_reference input items are not supported; use previous_response_id",
                               param=f"{where}.type")
         else:
             raise bad_request(f"unsupported input item type {kind!r}", param=f"{where}.type")
     return messages, instructions
+
+
+def _browser_call(action: dict) -> tuple[str, dict]:
+    """A replayed ``web_search_call`` action as the browser call the model made."""
+    kind = action.get("type")
+    if kind == "open_page":
+        return "open", ({"id": action["url"]} if action.get("url") else {})
+    if kind in ("find", "find_in_page"):
+        return "find", {"pattern": str(action.get("pattern") or "")}
+    return "search", {"query": str(action.get("query") or "")}
 
 
 def chat_to_messages(chat: Sequence[dict]) -> tuple[list[Message], list[str]]:

@@ -18,8 +18,9 @@ from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony.render import render_for_completion
 from gptoss.server import harmony_bridge as hb
 from gptoss.server.app import ServerContext
-from gptoss.server.errors import bad_request
+from gptoss.server.errors import APIError, bad_request, check_model
 from gptoss.server.protocol import ChatRequest, new_id
+from gptoss.server.sessions import ToolSession
 from gptoss.server.streaming import DONE, sse_data, stream_from_thread, wait_for_thread
 from gptoss.server.turn import ItemAdded, ItemDelta, ItemEvent, Turn, TurnRequest, TurnResult
 
@@ -27,7 +28,7 @@ router = APIRouter()
 MAX_STOP_STRINGS = 4
 
 
-def plan_chat(body: ChatRequest, ctx: ServerContext) -> TurnRequest:
+def plan_chat(body: ChatRequest, ctx: ServerContext) -> tuple[TurnRequest, ToolSession]:
     if body.n not in (None, 1):
         raise bad_request("only n=1 is supported", param="n")
     effort = hb.resolve_effort(hb.effort_spellings(body.reasoning, body.reasoning_effort, body.chat_template_kwargs))
@@ -35,17 +36,27 @@ def plan_chat(body: ChatRequest, ctx: ServerContext) -> TurnRequest:
     choice = hb.parse_tool_choice(body.tool_choice, functions, chat=True)
     fmt, schema = hb.parse_format(body.response_format, "response_format", chat=True)
     rendered = [] if choice.mode == "none" else functions
+    hb.parse_builtins(body.tools, ctx.sessions.available)  # an explicit built-in must be enabled
     convo, instructions = hb.chat_to_messages(body.messages)
-    messages = hb.header_messages(effort, instructions, rendered, fmt) + convo
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
-    prompt_len = len(render_for_completion(messages))
-    params = SamplingParams(max_tokens=ctx.budget(prompt_len, body.max_completion_tokens or body.max_tokens),
-                            temperature=1.0 if body.temperature is None else body.temperature,
-                            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed)
-    return TurnRequest(messages, params, tuple(f.name for f in rendered), hb.constraint_spec(schema, rendered, choice),
-                       stop_strings=tuple(stops), max_tool_rounds=ctx.max_tool_rounds)
+    check_model(body.model, ctx)
+    constraint = hb.constraint_spec(schema, rendered, choice)
+    # Chat has no built-in tool items: the server's built-ins run inside the turn (SPEC §6.8).
+    session = ctx.sessions.checkout(() if choice.mode == "none" else ctx.sessions.available)
+    try:
+        messages = hb.header_messages(effort, instructions, rendered, fmt, session.system_options()) + convo
+        prompt_len = len(render_for_completion(messages))
+        params = SamplingParams(max_tokens=ctx.budget(prompt_len, body.max_completion_tokens or body.max_tokens),
+                                temperature=1.0 if body.temperature is None else body.temperature,
+                                top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed)
+    except BaseException:
+        ctx.sessions.checkin(session, None)
+        raise
+    return TurnRequest(messages, params, tuple(f.name for f in rendered), constraint, stop_strings=tuple(stops),
+                       max_tool_rounds=ctx.max_tool_rounds, builtins=session.tools,
+                       container_id=session.container_id), session
 
 
 def _finish_reason(result: TurnResult) -> str:
@@ -64,8 +75,6 @@ def _usage(result: TurnResult) -> dict[str, Any]:
 
 def _check_failed(result: TurnResult) -> None:
     if result.status == "failed" and result.error:
-        from gptoss.server.errors import APIError
-
         code = result.error.get("code")
         status = 429 if code == "rate_limit_exceeded" else 500
         raise APIError(result.error.get("message", "generation failed"), status=status, code=code)
@@ -81,6 +90,11 @@ def completion_object(cid: str, model: str, created: int, result: TurnResult) ->
                                "refusal": None, "reasoning": reasoning, "reasoning_content": reasoning}
     if calls:
         message["tool_calls"] = calls
+    annotations = [{"type": "url_citation", "url_citation": {k: a[k] for k in ("start_index", "end_index", "url",
+                                                                               "title")}}
+                   for i in result.items if i.kind == "message" for a in i.annotations]
+    if annotations and sum(i.kind == "message" for i in result.items) == 1:  # offsets into that one text
+        message["annotations"] = annotations
     return {"id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result), "logprobs": None}],
             "usage": _usage(result), "system_fingerprint": None}
@@ -111,10 +125,10 @@ class ChunkEvents:
                                             "function": {"name": item.name, "arguments": ""}}]})
             elif isinstance(ev, ItemDelta):
                 self.chunk({"tool_calls": [{"index": self.call_index[item.id], "function": {"arguments": ev.delta}}]})
-        elif isinstance(ev, ItemDelta):
+        elif isinstance(ev, ItemDelta):  # built-in calls run inside the server: not shown (SPEC §6.8)
             if item.kind == "reasoning":
                 self.chunk({"reasoning": ev.delta, "reasoning_content": ev.delta})
-            else:
+            elif item.kind == "message":
                 self.chunk({"content": ev.delta})
 
     def end(self, result: TurnResult) -> None:
@@ -132,13 +146,23 @@ class ChunkEvents:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     ctx: ServerContext = request.app.state.ctx
-    turn = plan_chat(body, ctx)
+    turn, session = plan_chat(body, ctx)
     cid, model, created = new_id("chatcmpl-"), body.model or ctx.engine.model_id, int(time.time())
-    ctx.admission.acquire()
+    try:
+        ctx.admission.acquire()
+    except APIError:
+        ctx.sessions.checkin(session, None)
+        raise
     cancel = threading.Event()
+
+    def run(sink=None) -> TurnResult:
+        try:
+            return Turn(ctx.engine, turn, sink, cancel).run()
+        finally:
+            ctx.sessions.checkin(session, None)  # Chat conversations have no server-side continuation
+
     if not body.stream:
-        result = await wait_for_thread(lambda: Turn(ctx.engine, turn, None, cancel).run(), cancel, request,
-                                       ctx.admission.release)
+        result = await wait_for_thread(run, cancel, request, ctx.admission.release)
         _check_failed(result)
         return JSONResponse(completion_object(cid, model, created, result))
     include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -146,7 +170,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     def work(emit) -> None:
         events = ChunkEvents(cid, model, created, include_usage, emit)
         events.chunk({"role": "assistant", "content": ""})
-        events.end(Turn(ctx.engine, turn, events, cancel).run())
+        events.end(run(events))
 
     return StreamingResponse(stream_from_thread(work, cancel, ctx.admission.release), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

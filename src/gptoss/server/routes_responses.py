@@ -14,10 +14,21 @@ from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony.render import render_for_completion
 from gptoss.server import harmony_bridge as hb
 from gptoss.server.app import ServerContext
-from gptoss.server.errors import bad_request, not_found
+from gptoss.server.errors import APIError, bad_request, check_model, not_found
 from gptoss.server.protocol import ResponsesRequest, new_id
+from gptoss.server.sessions import ToolSession
 from gptoss.server.streaming import sse_event, stream_from_thread, wait_for_thread
-from gptoss.server.turn import ItemAdded, ItemDelta, ItemDone, ItemEvent, Turn, TurnRequest, TurnResult
+from gptoss.server.turn import (
+    ItemAdded,
+    ItemAnnotation,
+    ItemDelta,
+    ItemDone,
+    ItemEvent,
+    ItemProgress,
+    Turn,
+    TurnRequest,
+    TurnResult,
+)
 
 router = APIRouter()
 
@@ -29,6 +40,7 @@ class Plan:
     input_items: list[dict]
     context: list[dict]
     store: bool
+    session: ToolSession
 
 
 def plan_response(body: ResponsesRequest, ctx: ServerContext) -> Plan:
@@ -39,6 +51,7 @@ def plan_response(body: ResponsesRequest, ctx: ServerContext) -> Plan:
     choice = hb.parse_tool_choice(body.tool_choice, functions, chat=False)
     fmt, schema = hb.parse_format(body.text.format if body.text else None, "text.format", chat=False)
     rendered = [] if choice.mode == "none" else functions
+    builtins = hb.parse_builtins(body.tools, ctx.sessions.available)
     context: list[dict] = []
     if body.previous_response_id:
         prev = ctx.store.get(body.previous_response_id)
@@ -51,13 +64,21 @@ def plan_response(body: ResponsesRequest, ctx: ServerContext) -> Plan:
     context = context + input_items
     convo, extra = hb.items_to_messages(context)
     instructions = ([body.instructions] if body.instructions else []) + extra
-    messages = hb.header_messages(effort, instructions, rendered, fmt) + convo
-    prompt_len = len(render_for_completion(messages))
-    params = SamplingParams(max_tokens=ctx.budget(prompt_len, body.max_output_tokens),
-                            temperature=1.0 if body.temperature is None else body.temperature,
-                            top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed)
-    turn = TurnRequest(messages, params, tuple(f.name for f in rendered),
-                       hb.constraint_spec(schema, rendered, choice), max_tool_rounds=ctx.max_tool_rounds)
+    check_model(body.model, ctx)
+    constraint = hb.constraint_spec(schema, rendered, choice)
+    session = ctx.sessions.checkout(() if choice.mode == "none" else builtins, body.previous_response_id)
+    try:
+        messages = hb.header_messages(effort, instructions, rendered, fmt, session.system_options()) + convo
+        prompt_len = len(render_for_completion(messages))
+        params = SamplingParams(max_tokens=ctx.budget(prompt_len, body.max_output_tokens),
+                                temperature=1.0 if body.temperature is None else body.temperature,
+                                top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed)
+    except BaseException:
+        ctx.sessions.checkin(session, None)
+        raise
+    rounds = ctx.max_tool_rounds if body.max_tool_calls is None else min(ctx.max_tool_rounds, body.max_tool_calls)
+    turn = TurnRequest(messages, params, tuple(f.name for f in rendered), constraint, max_tool_rounds=rounds,
+                       builtins=session.tools, container_id=session.container_id)
     tool_choice = body.tool_choice if body.tool_choice is not None else "auto"
     response = {
         "id": new_id("resp"), "object": "response", "created_at": int(time.time()), "status": "in_progress",
@@ -71,7 +92,7 @@ def plan_response(body: ResponsesRequest, ctx: ServerContext) -> Plan:
         "tool_choice": tool_choice, "tools": body.tools or [], "top_p": params.top_p, "truncation": "disabled",
         "usage": None, "user": body.user, "metadata": body.metadata or {},
     }
-    return Plan(response, turn, input_items, context, body.store is not False)
+    return Plan(response, turn, input_items, context, body.store is not False, session)
 
 
 def finish_response(response: dict[str, Any], result: TurnResult) -> dict[str, Any]:
@@ -108,25 +129,41 @@ class ResponseEvents:
     def __call__(self, ev: ItemEvent) -> None:
         item, idx = ev.item, ev.index
         ids = {"item_id": item.id, "output_index": idx}
+        kind = item.kind
         if isinstance(ev, ItemAdded):
             self.send("response.output_item.added", output_index=idx, item=item.to_dict(empty=True))
-            if item.kind != "function_call":
+            if kind in ("reasoning", "message"):
                 self.send("response.content_part.added", **ids, content_index=0, part=self._part(item, ""))
+            elif kind in ("web_search_call", "code_interpreter_call"):
+                self.send(f"response.{kind}.in_progress", **ids)
         elif isinstance(ev, ItemDelta):
-            if item.kind == "reasoning":
+            if kind == "reasoning":
                 self.send("response.reasoning_text.delta", **ids, content_index=0, delta=ev.delta)
-            elif item.kind == "message":
+            elif kind == "message":
                 self.send("response.output_text.delta", **ids, content_index=0, delta=ev.delta, logprobs=[])
-            else:
+            elif kind == "code_interpreter_call":
+                self.send("response.code_interpreter_call_code.delta", **ids, delta=ev.delta)
+            elif kind == "function_call":
                 self.send("response.function_call_arguments.delta", **ids, delta=ev.delta)
-        elif isinstance(ev, ItemDone):
-            if item.kind == "reasoning":
-                self.send("response.reasoning_text.done", **ids, content_index=0, text=item.text)
-            elif item.kind == "message":
-                self.send("response.output_text.done", **ids, content_index=0, text=item.text, logprobs=[])
+        elif isinstance(ev, ItemAnnotation):
+            self.send("response.output_text.annotation.added", **ids, content_index=0,
+                      annotation_index=ev.annotation_index, annotation=ev.annotation)
+        elif isinstance(ev, ItemProgress):
+            if kind == "web_search_call":
+                self.send("response.web_search_call.searching", **ids)
             else:
+                self.send("response.code_interpreter_call_code.done", **ids, code=item.text)
+                self.send("response.code_interpreter_call.interpreting", **ids)
+        elif isinstance(ev, ItemDone):
+            if kind == "reasoning":
+                self.send("response.reasoning_text.done", **ids, content_index=0, text=item.text)
+            elif kind == "message":
+                self.send("response.output_text.done", **ids, content_index=0, text=item.text, logprobs=[])
+            elif kind == "function_call":
                 self.send("response.function_call_arguments.done", **ids, name=item.name, arguments=item.text)
-            if item.kind != "function_call":
+            elif item.status == "completed":  # a built-in call whose tool answered
+                self.send(f"response.{kind}.completed", **ids)
+            if kind in ("reasoning", "message"):
                 self.send("response.content_part.done", **ids, content_index=0, part=self._part(item, item.text))
             self.send("response.output_item.done", output_index=idx, item=item.to_dict())
 
@@ -134,7 +171,8 @@ class ResponseEvents:
     def _part(item, text: str) -> dict[str, Any]:
         if item.kind == "reasoning":
             return {"type": "reasoning_text", "text": text}
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        annotations = list(item.annotations) if text else []
+        return {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
 
     def end(self, final: dict[str, Any]) -> None:
         kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
@@ -143,18 +181,27 @@ class ResponseEvents:
 
 
 def _run(ctx: ServerContext, plan: Plan, cancel: threading.Event, sink=None) -> dict[str, Any]:
-    result = Turn(ctx.engine, plan.turn, sink, cancel).run()
-    final = finish_response(plan.response, result)
-    if plan.store:
-        ctx.store.put(final, plan.input_items, plan.context)
-    return final
+    keep: str | None = None
+    try:
+        result = Turn(ctx.engine, plan.turn, sink, cancel).run()
+        final = finish_response(plan.response, result)
+        if plan.store:
+            ctx.store.put(final, plan.input_items, plan.context)
+            keep = final["id"]
+        return final
+    finally:
+        ctx.sessions.checkin(plan.session, keep)
 
 
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request):
     ctx: ServerContext = request.app.state.ctx
     plan = plan_response(body, ctx)
-    ctx.admission.acquire()
+    try:
+        ctx.admission.acquire()
+    except APIError:
+        ctx.sessions.checkin(plan.session, None)
+        raise
     cancel = threading.Event()
     if not body.stream:
         final = await wait_for_thread(lambda: _run(ctx, plan, cancel), cancel, request, ctx.admission.release)

@@ -5,14 +5,19 @@
 first content token -- and returns a :class:`TurnResult`. Both APIs format the same events.
 
 Items: analysis without a recipient -> ``reasoning``; ``final`` -> ``message``; a call to a declared function ->
-``function_call`` (the turn then ends: the client runs it). Recipient-less commentary preambles are dropped
-(counted in usage). Calls the server cannot route (hallucinated tools) get an error tool message and the model
-goes on, bounded by ``max_tool_rounds``. Usage: ``input_tokens`` = the first rendered prompt plus tool messages
-inserted by the server; ``output_tokens`` = every sampled token; ``cached_tokens`` = 0 (no prefix cache yet).
+``function_call`` (the turn then ends: the client runs it); a call to an enabled built-in tool ->
+``web_search_call`` / ``code_interpreter_call``, run by the server, after which generation goes on in the same
+turn. Recipient-less commentary preambles are dropped (counted in usage). Calls the server cannot route
+(hallucinated tools) get an error tool message and the model goes on, bounded by ``max_tool_rounds``. With a
+browser, citation markers in the answer become `` ([domain](url))`` plus ``url_citation`` annotations.
+Usage: ``input_tokens`` = the first rendered prompt plus tool messages inserted by the server (built-in tool
+results are not sampled, so they count as input); ``output_tokens`` = every sampled token; ``cached_tokens`` =
+0 (no prefix cache yet).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +26,7 @@ from typing import Any
 
 from openai_harmony import Message
 
-from gptoss.agent import Agent, TurnDone
+from gptoss.agent import Agent, ToolResult, TurnDone
 from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony.parser import (
     FinalDelta,
@@ -34,8 +39,23 @@ from gptoss.harmony.parser import (
 from gptoss.harmony.render import FunctionTool
 from gptoss.server.constrain import ConstraintSpec, HarmonyConstraint, current_message, matches_schema
 from gptoss.server.engine import Engine, EngineBusy
+from gptoss.server.items import (
+    BUILTIN_KINDS,
+    PREFIX,
+    CitationFilter,
+    Item,
+    ItemAdded,
+    ItemAnnotation,
+    ItemDelta,
+    ItemDone,
+    ItemEvent,
+    ItemProgress,
+)
 from gptoss.server.protocol import new_id
-from gptoss.tools.base import ToolRegistry
+from gptoss.tools.base import Tool, ToolRegistry
+
+__all__ = ["Item", "ItemAdded", "ItemAnnotation", "ItemDelta", "ItemDone", "ItemEvent", "ItemProgress", "Turn",
+           "TurnRequest", "TurnResult"]
 
 log = logging.getLogger("gptoss.server")
 
@@ -48,49 +68,8 @@ class TurnRequest:
     constraint: ConstraintSpec | None = None
     stop_strings: Sequence[str] = ()
     max_tool_rounds: int = 3
-
-
-@dataclass
-class Item:
-    kind: str  # reasoning | message | function_call
-    id: str
-    name: str | None = None
-    call_id: str | None = None
-    text: str = ""
-    status: str = "in_progress"
-
-    def to_dict(self, empty: bool = False) -> dict[str, Any]:
-        text = "" if empty else self.text
-        if self.kind == "reasoning":
-            content = [] if empty else [{"type": "reasoning_text", "text": text}]
-            return {"id": self.id, "type": "reasoning", "summary": [], "content": content, "status": self.status}
-        if self.kind == "message":
-            content = [] if empty else [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
-            return {"id": self.id, "type": "message", "role": "assistant", "status": self.status, "content": content}
-        return {"id": self.id, "type": "function_call", "call_id": self.call_id, "name": self.name,
-                "arguments": text, "status": self.status}
-
-
-@dataclass
-class ItemAdded:
-    index: int
-    item: Item
-
-
-@dataclass
-class ItemDelta:
-    index: int
-    item: Item
-    delta: str
-
-
-@dataclass
-class ItemDone:
-    index: int
-    item: Item
-
-
-ItemEvent = ItemAdded | ItemDelta | ItemDone
+    builtins: Sequence[Tool] = ()  # browser / python tools the server runs for this turn
+    container_id: str | None = None  # names the python session in code_interpreter_call items
 
 
 @dataclass
@@ -148,6 +127,11 @@ class Turn:
         self.prompt_lens: list[int] = []
         self.sampled: list[int] = []
         self.constraints: list[HarmonyConstraint] = []
+        self.namespaces = {t.namespace for t in req.builtins}
+        browser = next((t for t in req.builtins if t.namespace == "browser"), None)
+        self.browser = browser
+        self.citations = CitationFilter(browser) if browser is not None else None
+        self.awaiting: list[Item] = []  # built-in calls whose tool has not answered yet
 
     # -- the token source the Agent samples from ----------------------------------------------------------
     def _source(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
@@ -175,8 +159,9 @@ class Turn:
 
     # -- items ----------------------------------------------------------------------------------------------
     def _open(self, kind: str, name: str | None = None) -> Item:
-        prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}[kind]
-        item = Item(kind, new_id(prefix), name, new_id("call") if kind == "function_call" else None)
+        item = Item(kind, new_id(PREFIX[kind]), name, new_id("call") if kind == "function_call" else None)
+        if kind == "code_interpreter_call":
+            item.container_id = self.req.container_id
         self.items.append(item)
         self.current = item
         self.sink(ItemAdded(len(self.items) - 1, item))
@@ -190,11 +175,28 @@ class Turn:
             self._open("reasoning" if msg.channel == "analysis" else "message")
         elif msg.recipient and msg.recipient.startswith("functions.") and msg.recipient[10:] in self.req.functions:
             self._open("function_call", msg.recipient[10:])
+        elif msg.recipient and msg.recipient.split(".", 1)[0] in self.namespaces:
+            ns = msg.recipient.split(".", 1)[0]
+            self._open(BUILTIN_KINDS[ns], msg.recipient)
 
     def _delta(self, item: Item | None, text: str) -> None:
         if item is not None and text:
             item.text += text
             self.sink(ItemDelta(self.items.index(item), item, text))
+
+    def _answer(self, item: Item, text: str) -> None:
+        """Answer text after the stop filter: through the citation filter when a browser is present."""
+        if self.citations is None:
+            self._delta(item, text)
+            return
+        for piece, annotation in self.citations.feed(text, item.text):
+            base = len(item.text)
+            self._delta(item, piece)
+            if annotation is not None:
+                annotation["start_index"] += base
+                annotation["end_index"] += base
+                item.annotations.append(annotation)
+                self.sink(ItemAnnotation(self.items.index(item), item, len(item.annotations) - 1, annotation))
 
     def _on_event(self, ev: object) -> TurnDone | None:
         cur = self.current
@@ -202,21 +204,66 @@ class Turn:
             self._delta(cur if cur and cur.kind == "reasoning" else None, ev.text)
         elif isinstance(ev, FinalDelta):
             if cur is not None and cur.kind == "message":
-                self._delta(cur, self.stopper.feed(ev.text))
+                self._answer(cur, self.stopper.feed(ev.text))
                 if self.stopper.hit:
                     self.cancel.set()
         elif isinstance(ev, ToolCallArgsDelta):
-            self._delta(cur if cur and cur.kind == "function_call" else None, ev.text)
+            if cur is not None and cur.kind in ("function_call", "code_interpreter_call"):
+                self._delta(cur, ev.text)
+            elif cur is not None and cur.kind == "web_search_call":
+                cur.text += ev.text  # browser arguments: no delta event; the action says what it did
         elif isinstance(ev, MessageDone):
             if cur is not None:
                 if cur.kind == "message":
-                    self._delta(cur, self.stopper.flush())
+                    self._answer(cur, self.stopper.flush())
+                    if self.citations is not None:
+                        self._delta(cur, self.citations.flush())
                 else:
                     cur.text = ev.message.content
-                self._close(cur, "completed" if ev.message.terminator or self.stopper.hit else "incomplete")
+                if cur.kind in BUILTIN_KINDS.values() and ev.message.terminator == "call":
+                    self.awaiting.append(cur)  # the agent runs the tool next
+                    self.current = None
+                    self.sink(ItemProgress(self.items.index(cur), cur, "searching"
+                                           if cur.kind == "web_search_call" else "interpreting"))
+                else:
+                    self._close(cur, "completed" if ev.message.terminator or self.stopper.hit else "incomplete")
+        elif isinstance(ev, ToolResult):
+            ns = (ev.call.recipient or "").split(".", 1)[0]
+            item = next((i for i in self.awaiting if i.name == ev.call.recipient), None)
+            if ns in self.namespaces and item is not None:
+                self.awaiting.remove(item)
+                if item.kind == "web_search_call":
+                    item.action = self._browser_action(ev.call)
+                else:
+                    item.outputs = [{"type": "logs", "logs": ev.output}]
+                self._close(item, "completed")
         elif isinstance(ev, TurnDone):
             return ev
         return None
+
+    def _browser_action(self, call: ParsedMessage) -> dict[str, Any]:
+        """What a browser call did, as a ``web_search_call`` action (the URL from the page it pushed)."""
+        verb = (call.recipient or "").split(".", 1)[-1]
+        try:
+            args = json.loads(call.content) if call.content.strip() else {}
+        except json.JSONDecodeError:
+            args = {}
+        args = args if isinstance(args, dict) else {}
+        state = getattr(self.browser, "state", None)
+        page = state.page_at(state.current_cursor) if state is not None else None
+        if verb == "open":
+            url = page.url if page is not None and page.kind != "search" else None
+            if url is None and isinstance(args.get("id"), str):
+                url = args["id"]
+            return {"type": "open_page", "url": url}
+        if verb == "find":
+            origin = page.origin if page is not None and page.kind == "find" else page
+            return {"type": "find_in_page", "pattern": str(args.get("pattern", "")),
+                    "url": origin.url if origin is not None else ""}
+        action: dict[str, Any] = {"type": "search", "query": str(args.get("query", ""))}
+        if page is not None and page.kind == "search":
+            action["sources"] = [{"type": "url", "url": u} for u in page.links]
+        return action
 
     def _close(self, item: Item, status: str) -> None:
         item.status = status
@@ -225,7 +272,7 @@ class Turn:
 
     # -- running --------------------------------------------------------------------------------------------
     def run(self) -> TurnResult:
-        registry = ToolRegistry()
+        registry = ToolRegistry(list(self.req.builtins))
         for name in self.req.functions:
             registry.add_function(FunctionTool(name))
         agent = Agent(self._source, registry, self.req.max_tool_rounds)
@@ -241,6 +288,9 @@ class Turn:
             error = {"code": "server_error", "message": f"generation failed ({type(e).__name__})"}
         if self.current is not None:
             self._close(self.current, "incomplete")
+        for item in self.awaiting:  # the turn ended before the tool answered
+            self._close(item, "incomplete")
+        self.awaiting = []
         result = self._result(done, error)
         notes = [n for c in self.constraints for n in c.notes] + (done.recoveries if done else [])
         if notes:
