@@ -7,11 +7,14 @@ import ipaddress
 from pathlib import Path
 
 from gptoss.cli.common import add_model_arguments, err_console, positive_int
+from gptoss.tools.builtin import add_builtin_arguments, options_from_args
 
 EPILOG = """examples:
   gptoss serve --model /path/to/gpt-oss-20b                       # http://127.0.0.1:8000/v1
   gptoss serve --model M --port 8080 --api-key secret --db ./responses.sqlite3
   gptoss serve --model M --host 0.0.0.0 --api-key KEY             # reachable from the network: use a key
+  gptoss serve --model M --browser local --python                  # built-in tools (Responses: web_search,
+                                                                   # code_interpreter; Chat: run inside)
 
 clients: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything without --api-key")
 endpoints: POST /v1/responses, GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items,
@@ -31,11 +34,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", metavar="NAME",
                    help="model id reported by /v1/models (default: the checkpoint directory name)")
     p.add_argument("--max-queue", type=int, default=8, metavar="N",
-                   help="requests that may wait behind the one generating; more get HTTP 429 (default: %(default)s)")
+                   help="requests that may wait while --max-batch are decoding; more get HTTP 429 "
+                        "(default: %(default)s)")
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
-                   help="waiting requests decoded together in shared forward passes (default: %(default)s)")
+                   help="requests decoded together: each joins the running forward passes as it arrives and "
+                        "leaves when done (continuous batching; default: %(default)s)")
+    p.add_argument("--max-tool-calls", type=positive_int, default=8, metavar="N",
+                   help="built-in tool calls the server runs within one response (default: %(default)s)")
+    p.add_argument("--max-body", type=positive_int, default=16, metavar="MB",
+                   help="largest request body accepted, in MiB; larger ones get HTTP 413 (default: %(default)s)")
     p.add_argument("--max-tokens", type=positive_int, default=4096, metavar="N",
                    help="default sampled-token budget when a request sets none (default: %(default)s)")
+    add_builtin_arguments(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: %(default)s)")
 
@@ -61,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if args.max_queue < 0:
         raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
+    builtin = options_from_args(args)
     if not _is_loopback(args.host) and not args.api_key:
         err_console.print(f"[yellow]warning:[/] listening on {args.host} without --api-key: anyone who can reach "
                           "this port can use the model", highlight=False)
@@ -69,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
     name = args.served_model_name or Path(args.model).resolve().name
     engine = ModelEngine(model.transformer, name, max_queue=args.max_queue, max_batch=args.max_batch)
     app = create_app(engine, db_path=args.db, api_keys=args.api_key, max_queue=args.max_queue,
-                     default_max_tokens=args.max_tokens)
-    err_console.print(f"serving {name} on http://{args.host}:{args.port}/v1", highlight=False)
+                     default_max_tokens=args.max_tokens, max_tool_rounds=args.max_tool_calls,
+                     builtin=builtin if builtin.any else None, max_body_bytes=args.max_body * 1024 * 1024)
+    tools = [t for t, on in (("browser " + str(builtin.browser), builtin.browser), ("python", builtin.python)) if on]
+    err_console.print(f"serving {name} on http://{args.host}:{args.port}/v1"
+                      + (f" (built-in tools: {', '.join(tools)})" if tools else ""), highlight=False)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

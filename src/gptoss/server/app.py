@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptoss.server.engine import DEFAULT_MAX_QUEUE, Engine
 from gptoss.server.errors import APIError, busy, install_error_handlers
@@ -24,6 +25,7 @@ from gptoss.server.sessions import ToolSessions
 from gptoss.server.store import ResponseStore
 
 DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes of one request body
 
 
 class Admission:
@@ -65,6 +67,38 @@ class KeyCheck:
         await self.app(scope, receive, send)
 
 
+class BodyLimit:
+    """Pure ASGI middleware: a body over ``limit`` bytes (declared or streamed) gets 413, and is never buffered
+    whole."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = APIError(f"the request body is larger than {self.limit} bytes", status=413,
+                           code="request_too_large").response()
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await too_big(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # a streamed body: the route's body read fails with 413
+                    raise StarletteHTTPException(413, f"the request body is larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 @dataclass
 class ServerContext:
     engine: Engine
@@ -88,19 +122,21 @@ class ServerContext:
 def create_app(engine: Engine, *, db_path: str | Path | None = None, store: ResponseStore | None = None,
                api_keys: Sequence[str] = (), max_queue: int = DEFAULT_MAX_QUEUE,
                default_max_tokens: int = DEFAULT_MAX_TOKENS, max_tool_rounds: int = 8,
-               builtin=None) -> FastAPI:
+               builtin=None, tool_sessions: ToolSessions | None = None, max_body_bytes: int = DEFAULT_MAX_BODY
+               ) -> FastAPI:
     """An app serving ``engine`` (the caller owns it and closes it).
 
     ``db_path`` (default under the gptoss cache dir) holds stored responses; ``api_keys`` (if any) must be
     presented as ``Authorization: Bearer KEY``; at most ``max_queue`` requests wait behind the ones the engine
     is decoding (its ``max_batch``), more get 429. ``builtin`` (a :class:`gptoss.tools.builtin.BuiltinOptions`)
-    enables the browser/python tools requests may use; ``max_tool_rounds`` bounds the tool calls run in a turn."""
+    enables the browser/python tools requests may use (or pass ``tool_sessions``); ``max_tool_rounds`` bounds the
+    tool calls run in a turn; request bodies over ``max_body_bytes`` get 413."""
     from gptoss.server import routes_chat, routes_responses
 
     own_store = store is None
     running = int(getattr(engine, "max_batch", 1))  # requests the engine decodes at once
     ctx = ServerContext(engine, store or ResponseStore(db_path), Admission(running + max_queue), tuple(api_keys),
-                        default_max_tokens, max_tool_rounds, ToolSessions(builtin))
+                        default_max_tokens, max_tool_rounds, tool_sessions or ToolSessions(builtin))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -116,6 +152,7 @@ def create_app(engine: Engine, *, db_path: str | Path | None = None, store: Resp
 
     if ctx.api_keys:
         app.add_middleware(KeyCheck, keys=ctx.api_keys)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)  # outermost: before the key check reads anything
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,14 @@ class ToolSession:
 
 
 class ToolSessions:
-    def __init__(self, options: Any = None, keep: int = DEFAULT_KEEP) -> None:
-        self.options = options  # gptoss.tools.builtin.BuiltinOptions, or None: no built-ins
+    def __init__(self, options: Any = None, keep: int = DEFAULT_KEEP,
+                 factory: Callable[[tuple[str, ...]], list[Any]] | None = None,
+                 available: Sequence[str] = ()) -> None:
+        """``options``: a :class:`gptoss.tools.builtin.BuiltinOptions` (None: no built-ins). ``factory`` (tests,
+        embedding): builds the tools for a tuple of namespaces instead, offering ``available``."""
+        self.options = options
+        self.factory = factory
+        self._available = tuple(available)
         self.keep = max(0, keep)
         self._kept: OrderedDict[str, ToolSession] = OrderedDict()
         self._lock = threading.Lock()
@@ -56,6 +62,8 @@ class ToolSessions:
     @property
     def available(self) -> tuple[str, ...]:
         opts = self.options
+        if self.factory is not None:
+            return self._available
         if opts is None:
             return ()
         return tuple(ns for ns, on in (("browser", opts.browser is not None), ("python", opts.python)) if on)
@@ -72,17 +80,22 @@ class ToolSessions:
                 if kept.namespaces == wanted:
                     return kept
                 kept.close()
+        try:
+            tools = self._make(wanted)
+        except Exception as e:
+            log.exception("built-in tools could not be created")
+            raise APIError(f"built-in tools are unavailable: {e}", status=503, code="tool_unavailable") from None
+        return ToolSession(wanted, tools)
+
+    def _make(self, wanted: tuple[str, ...]) -> list[Any]:
+        if self.factory is not None:
+            return list(self.factory(wanted))
         from gptoss.tools.builtin import make_builtin_tools
 
         opts = dataclasses.replace(self.options, browser=self.options.browser if "browser" in wanted else None,
                                    python="python" in wanted,
                                    unsafe_python=self.options.unsafe_python and "python" in wanted)
-        try:
-            tools = make_builtin_tools(opts)
-        except Exception as e:
-            log.exception("built-in tools could not be created")
-            raise APIError(f"built-in tools are unavailable: {e}", status=503, code="tool_unavailable") from None
-        return ToolSession(wanted, tools)
+        return make_builtin_tools(opts)
 
     def checkin(self, session: ToolSession, response_id: str | None) -> None:
         """Keep ``session`` for a continuation of ``response_id``, or close it (None)."""
