@@ -216,4 +216,18 @@ def test_set_offline_env_sets_the_variables():
     guard.set_offline_env(env)
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DO_NOT_TRACK"):
         assert env[key] == "1"
-    assert not guard.status()["installed"]  # nothing here installed the hook in the test process
+    assert env["WANDB_MODE"] == "offline" and set(guard.OFFLINE_ENV) <= set(env)
+
+
+def test_every_cli_command_runs_guarded():
+    out = run_child("""
+        from gptoss.cli.main import main
+        import contextlib, io
+        with contextlib.redirect_stdout(io.StringIO()):
+            results["rc"] = main(["doctor", "--skip-sandbox", "--json"])
+        attempt("after", lambda: sys.audit("socket.getaddrinfo", "example.invalid", 443, 0, 0, 0))
+        import os
+        results["env"] = os.environ.get("HF_HUB_OFFLINE")
+    """)
+    assert out["status"]["enabled"] is True and "blocked" in out["results"]["after"]
+    assert out["results"]["env"] == "1"

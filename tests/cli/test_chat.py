@@ -96,3 +96,116 @@ def test_chat_reads_prompts_from_a_pipe(tiny_checkpoint):
     assert proc.returncode == 0, proc.stderr
     assert "reasoning effort: low" in proc.stdout
     assert "Traceback" not in proc.stderr and ">>>" not in proc.stdout
+
+
+# -- built-in tools, with a scripted model (the wiring, independent of what a model would say) -------------
+
+
+def _script(*completions: str):
+    from gptoss.harmony.render import harmony_encoding
+
+    enc = harmony_encoding()
+    rounds = [enc.encode(c, allowed_special="all") for c in completions]
+    prompts: list[list[int]] = []
+
+    def source(prompt, params):
+        prompts.append(prompt)
+        for t in rounds[len(prompts) - 1]:
+            yield t
+            if t in params.stop:
+                return
+
+    source.prompts = prompts  # type: ignore[attr-defined]
+    return source
+
+
+def _chat_args(*argv: str):
+    import argparse
+
+    from gptoss.cli import chat
+
+    p = argparse.ArgumentParser()
+    chat.add_arguments(p)
+    return p.parse_args(["--model", "unused", "--date", "none", *argv])
+
+
+@pytest.fixture
+def notes_index(tmp_path):
+    from gptoss.tools.browser.local import LocalIndex
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "bridge.md").write_text("# Hartley Bridge\n\nHartley Bridge is a bridge in Porto.\nIt opened in 1887.\n")
+    (notes / "tower.txt").write_text("Hartley Tower is a tower in Oslo.\nIt was built in 1931.\n")
+    index = tmp_path / "notes.sqlite"
+    with LocalIndex(index) as ix:
+        ix.add(notes)
+    return notes, index
+
+
+def test_chat_browser_local_shows_calls_results_and_sources(notes_index):
+    import io
+
+    from rich.console import Console
+
+    from gptoss.cli.chat import ChatSession
+    from gptoss.harmony.render import harmony_encoding
+
+    notes, index = notes_index
+    source = _script(
+        '<|channel|>analysis to=browser.search code<|message|>{"query":"Hartley Bridge"}<|call|>',
+        '<|channel|>analysis to=browser.open code<|message|>{"id":0}<|call|>',
+        "<|channel|>final<|message|>Hartley Bridge opened in 1887【1†L3】.<|return|>")
+    buf = io.StringIO()
+    session = ChatSession(None, _chat_args("--browser", "local", "--index", str(index), "--temperature", "0"),
+                          Console(file=buf, width=200), interactive=False, source=source)
+    try:
+        session.ask("When did Hartley Bridge open?")
+    finally:
+        session.close()
+    out = buf.getvalue()
+    assert '→ browser.search {"query":"Hartley Bridge"}' in out and "→ browser.open" in out
+    assert "← [0] Hartley Bridge" in out and "L3: It opened in 1887." in out
+    assert "Hartley Bridge opened in 1887【1†L3】." in out
+    assert f"[1] Hartley Bridge <{(notes / 'bridge.md').resolve().as_uri()}> lines 3" in out
+    first_prompt = harmony_encoding().decode(source.prompts[0])
+    assert "namespace browser" in first_prompt and "## python" not in first_prompt
+
+
+def test_chat_python_state_lives_per_conversation_and_reset_clears_it():
+    import io
+
+    from rich.console import Console
+
+    from gptoss.cli.chat import ChatSession
+    from gptoss.harmony.render import harmony_encoding
+
+    source = _script(
+        "<|channel|>analysis to=python code<|message|>x = 20 * 2 + 2\nx<|call|>",
+        "<|channel|>final<|message|>It is 42.<|return|>",
+        "<|channel|>analysis to=python code<|message|>x<|call|>",
+        "<|channel|>final<|message|>Gone.<|return|>")
+    buf = io.StringIO()
+    session = ChatSession(None, _chat_args("--unsafe-python"), Console(file=buf, width=200), interactive=False,
+                          source=source)
+    try:
+        session.ask("compute")
+        assert "← 42" in buf.getvalue()
+        session.command("/reset")  # a new conversation: a new interpreter
+        session.ask("again")
+    finally:
+        session.close()
+    out = buf.getvalue()
+    assert "NameError: name 'x' is not defined" in out and "conversation cleared" in out
+    system = harmony_encoding().decode(source.prompts[0])
+    assert "## python" in system and "Internet access for this session is not restricted" in system
+
+
+def test_bad_tool_flags_fail_before_the_model_loads(tmp_path):
+    for extra, message in ((["--browser", "local", "--index", str(tmp_path / "none.sqlite")], "gptoss index add"),
+                           (["--web-allow", "example.org"], "only applies to --browser web"),
+                           (["--browser", "web"], "needs --web-allow")):
+        proc = subprocess.run([sys.executable, "-m", "gptoss.cli.main", "chat", "--model", str(tmp_path / "nomodel"),
+                               *extra], input="hi\n", capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "nomodel" not in proc.stderr

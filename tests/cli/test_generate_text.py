@@ -92,3 +92,49 @@ def test_generate_runs_with_network_blocked(tiny_checkpoint, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not log.exists(), log.read_text()
     assert json.loads(proc.stdout)["usage"]["completion_tokens"] > 0
+
+
+def test_generate_json_reports_tool_results_and_citations(tmp_path, capsys):
+    import argparse
+
+    from gptoss.cli import generate
+    from gptoss.engine.sampling import SamplingParams
+    from gptoss.harmony.render import harmony_encoding
+    from gptoss.tools.browser.local import LocalIndex
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "owl.md").write_text("# Snowy Owl\n\nThe snowy owl lives in the Arctic.\nIt hunts lemmings.\n")
+    index = tmp_path / "i.sqlite"
+    with LocalIndex(index) as ix:
+        ix.add(notes)
+    enc = harmony_encoding()
+    rounds = [enc.encode(c, allowed_special="all") for c in (
+        '<|channel|>analysis to=browser.search code<|message|>{"query":"snowy owl"}<|call|>',
+        '<|channel|>analysis to=browser.open code<|message|>{"id":0}<|call|>',
+        "<|channel|>final<|message|>It hunts lemmings【1†L3】.<|return|>")]
+    seen: list = []
+
+    def source(prompt, params):
+        seen.append(prompt)
+        for t in rounds[len(seen) - 1]:
+            yield t
+            if t in params.stop:
+                return
+
+    p = argparse.ArgumentParser()
+    generate.add_arguments(p)
+    args = p.parse_args(["--model", "unused", "x", "--json", "--browser", "local", "--index", str(index)])
+    assert generate._run_text(None, args, SamplingParams(256, 0.0), "What does it hunt?", 0.0, source) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["answer"] == "It hunts lemmings【1†L3】."
+    assert [r["recipient"] for r in out["tool_results"]] == ["browser.search", "browser.open"]
+    assert "L3: It hunts lemmings." in out["tool_results"][1]["output"]
+    [c] = out["citations"]
+    assert c["url"] == (notes / "owl.md").resolve().as_uri() and c["title"] == "Snowy Owl"
+    assert out["answer"][c["start_index"]:c["end_index"]] == "【1†L3】"
+
+
+def test_raw_token_mode_refuses_tools(tmp_path):
+    rc = main(["generate", "--model", str(tmp_path), "--tokens", "1,2", "--unsafe-python"])
+    assert rc == 1

@@ -4,17 +4,51 @@ A tool owns a harmony namespace (``functions``, ``browser``, ``python``); a call
 (``functions.get_weather``, ``browser.search``, ``python``) is routed by its namespace, never by
 string prefix checks scattered through callers. Tool failures become tool messages for the
 model, not exceptions (SPEC §5, STYLE lesson 13).
+
+Prompt-injection hygiene lives in :meth:`ToolRegistry.dispatch`, the one door every tool result passes
+on its way to the model: the text is neutralised (no harmony control-token literal survives, so a page or
+a program cannot forge a message boundary) and bounded (``MAX_TOOL_OUTPUT_CHARS``), and the agent then
+adds it as a *tool* message (author = the tool, never system or developer).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gptoss.harmony.render import FunctionTool
+
+MAX_TOOL_OUTPUT_CHARS = 50_000  # any one tool result, whatever the tool's own (smaller) limit
+# Any <|word|>: the harmony control tokens and the reserved ones. "|" becomes a broken bar, so the text
+# stays readable but can never be taken for (or parsed as) a control token.
+_CONTROL_LITERAL = re.compile(r"<\|([A-Za-z0-9_]{1,64})\|>")
+
+
+def neutralize(text: str) -> str:
+    """Make tool output safe to put in front of the model: control-token literals like ``<|end|>``
+    become ``<¦end¦>`` and unencodable characters (lone surrogates) become ``?``."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL_LITERAL.sub(lambda m: f"<¦{m.group(1)}¦>", text)
+
+
+def bound(text: str, limit: int) -> str:
+    """At most about ``limit`` characters: the head and the tail, with a note of what was left out."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    tail = limit - head
+    omitted = len(text) - head - tail
+    return (f"{text[:head]}\n[... {omitted} characters omitted: tool output is limited to {limit} characters ...]\n"
+            f"{text[-tail:]}")
+
+
+def safe_tool_output(text: str, limit: int = MAX_TOOL_OUTPUT_CHARS) -> str:
+    """What may enter the conversation as a tool message: neutralised, then bounded."""
+    return bound(neutralize(text if isinstance(text, str) else str(text)), limit)
 
 
 @dataclass
@@ -124,10 +158,12 @@ class ToolRegistry:
         return {ns for ns in self._tools if ns != "functions"}
 
     def dispatch(self, call: ToolCall) -> str | None:
-        """Run the call; None means the caller must run it (a declared, unimplemented function)."""
+        """Run the call; None means the caller must run it (a declared, unimplemented function).
+        The result is always :func:`safe_tool_output` (neutralised and bounded)."""
         tool = self._tools.get(call.namespace)
         if tool is None:
-            return f"Error: unknown tool {call.recipient!r}; available: {', '.join(self.names()) or 'none'}"
+            return safe_tool_output(f"Error: unknown tool {call.recipient!r}; "
+                                    f"available: {', '.join(self.names()) or 'none'}")
         if not tool.can_handle(call):
             return None
-        return tool.process(call)
+        return safe_tool_output(tool.process(call))

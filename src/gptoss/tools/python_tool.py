@@ -30,7 +30,6 @@ with ``unsafe=True`` (``--unsafe-python``), which runs the same worker directly 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -41,7 +40,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptoss.tools.base import Tool, ToolCall
+from gptoss.tools.base import Tool, ToolCall, neutralize
+from gptoss.tools.base import bound as _bound
 from gptoss.tools.sandbox.host import (
     SANDBOX_DATA_DIR,
     SandboxError,
@@ -62,26 +62,6 @@ DEFAULT_OUTPUT_LIMIT = 10_000  # characters the model sees per call
 EMPTY_OUTPUT = "[WARN] No output available. Use print() to output anything to stdout to receive the output"
 SANDBOX_UID_BASE = 1_900_000_000  # root mode: each tool gets its own uid above this, so limits are per tool
 UNSAFE_HINT = "start gptoss with --unsafe-python to run code without a sandbox"
-# Any <|word|>: the harmony control tokens and the reserved ones. "|" becomes a broken bar, so the text
-# stays readable but can never be taken for (or parsed as) a control token.
-_CONTROL_LITERAL = re.compile(r"<\|([A-Za-z0-9_]{1,64})\|>")
-
-
-def neutralize(text: str) -> str:
-    """Make tool output safe to put in front of the model: control-token literals like ``<|end|>``
-    become ``<¦end¦>`` and unencodable characters (lone surrogates) become ``?``."""
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return _CONTROL_LITERAL.sub(lambda m: f"<¦{m.group(1)}¦>", text)
-
-
-def _bound(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    head = limit * 2 // 3
-    tail = limit - head
-    omitted = len(text) - head - tail
-    return (f"{text[:head]}\n[... {omitted} characters omitted: tool output is limited to {limit} characters ...]\n"
-            f"{text[-tail:]}")
 
 
 @dataclass
