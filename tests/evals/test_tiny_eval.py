@@ -80,16 +80,13 @@ def _prompts_match_training(task) -> bool:
 def test_inference_prompts_equal_training_context():
     """What the model sees at eval time is, token for token, the context it was trained on."""
     for task in generate_tasks(20, seed=4, families=["python", "browser", "json", "chat"]):
-        if not task.functions:
-            assert _prompts_match_training(task), task.meta()
+        assert _prompts_match_training(task), task.meta()
 
 
-@pytest.mark.xfail(strict=True, reason="train/data.py renders the system message alone, so training lacks the "
-                   "'Calls to these tools must go to the commentary channel' line that openai-harmony adds at "
-                   "inference when the developer declares functions")
 def test_inference_prompts_equal_training_context_with_functions():
-    task = generate_tasks(1, seed=4, families=["functions"])[0]
-    assert _prompts_match_training(task)
+    """Declared functions add a line to the system message at inference; training must see it too."""
+    for task in generate_tasks(5, seed=4, families=["functions"]):
+        assert _prompts_match_training(task), task.meta()
 
 
 def test_wrong_answers_fail(tasks):

@@ -47,9 +47,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def model_path(text: str) -> str:
+    """argparse type for --model: a path as given; empty (the default) means the bundled gpt-oss-tiny."""
+    if text:
+        return text
+    from gptoss.models import default_model_path
+
+    try:
+        return str(default_model_path())
+    except ValueError as e:  # argparse reports it as one line: "argument --model: ..."
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="PATH",
-                   help="checkpoint directory (OpenAI original/ or Hugging Face layout)")
+    # A string default goes through ``type`` only when --model is absent, so the bundled model's manifest is
+    # verified then (not for --help, not when a path is given).
+    p.add_argument("--model", default="", type=model_path, metavar="PATH",
+                   help="checkpoint directory (OpenAI original/ or Hugging Face layout); default: the bundled "
+                        "gpt-oss-tiny playground model")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="activation and dense-weight dtype (default: %(default)s; experts stay MXFP4)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")

@@ -1,4 +1,8 @@
-"""Where models come from: an explicit path, or the bundled gpt-oss-tiny playground model."""
+"""Where models come from: an explicit path, or the bundled gpt-oss-tiny playground model.
+
+The bundled model lives in this package (``gptoss/models/gpt-oss-tiny/``), written by ``gptoss train-tiny``
+in the project's checkpoint layout plus a ``SHA256SUMS`` manifest that is checked before every use.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 from gptoss.weights.safetensors_io import CheckpointError
 
 BUNDLED_NAME = "gpt-oss-tiny"
-BUNDLED_DIR = Path(__file__).parent / "data" / "models" / BUNDLED_NAME
+BUNDLED_DIR = Path(__file__).parent / BUNDLED_NAME
 MANIFEST = "SHA256SUMS"
 
 
@@ -35,12 +39,16 @@ def verify_manifest(root: Path) -> None:
             raise CheckpointError(f"{path}: sha256 does not match {manifest}; the file is corrupt")
 
 
+def default_model_path(root: Path | None = None) -> Path:
+    """The bundled model's directory, verified against its manifest (CheckpointError if missing or corrupt)."""
+    root = BUNDLED_DIR if root is None else Path(root)
+    if not (root / MANIFEST).is_file():
+        raise CheckpointError(f"no --model given and the bundled {BUNDLED_NAME} is not installed at "
+                              f"{root}; pass --model PATH (or rebuild it with `gptoss train-tiny`)")
+    verify_manifest(root)
+    return root
+
+
 def resolve_model(path: str | None) -> str:
     """An explicit path as given, else the bundled model (verified against its manifest)."""
-    if path:
-        return path
-    if not (BUNDLED_DIR / MANIFEST).is_file():
-        raise CheckpointError(f"no --model given and the bundled {BUNDLED_NAME} is not installed at "
-                              f"{BUNDLED_DIR}; pass --model PATH (or build it with `gptoss train-tiny`)")
-    verify_manifest(BUNDLED_DIR)
-    return str(BUNDLED_DIR)
+    return path if path else str(default_model_path())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from openai_harmony import Message, Role
+from openai_harmony import Conversation, Message, RenderConversationConfig, Role
 
 from gptoss.harmony.render import filter_history, harmony_encoding, system_message
 from gptoss.tokenizer import SPECIAL_TOKENS, get_tokenizer
@@ -55,10 +55,11 @@ def encode_conversation(messages: Sequence[Message]) -> Example:
     prefix = [SPECIAL_TOKENS["<|start|>"], *get_tokenizer().encode("assistant")]
     tokens: list[int] = []
     mask: list[bool] = []
-    for m in context:
-        t = enc.render(m)
-        tokens += t
-        mask += [False] * len(t)
+    # The context is rendered as one conversation, as at inference: openai-harmony then adds to the system
+    # message what depends on later messages (the commentary-channel rule when the developer declares functions).
+    tokens += enc.render_conversation(Conversation.from_messages(context),
+                                      RenderConversationConfig(auto_drop_analysis=False))
+    mask += [False] * len(tokens)
     last_assistant = max(i for i, m in enumerate(turn) if m.author.role == Role.ASSISTANT)
     for i, m in enumerate(turn):
         t = list(enc.render(m))
@@ -97,13 +98,25 @@ def load_jsonl(path: str | Path) -> list[Example]:
 
 
 def batches(examples: Sequence[Example], batch_size: int, max_len: int, seed: int,
-            epochs: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled, right-padded ``(tokens, mask)`` batches, ``(B, T)`` each; endless by default."""
+            epochs: int | None = None, bucket: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, right-padded ``(tokens, mask)`` batches, ``(B, T)`` each; endless by default.
+
+    ``bucket`` > 1: each window of ``bucket`` batches is sorted by length before it is cut into batches (and
+    the batches then shuffled), so little compute goes to padding; the order stays a function of ``seed``."""
     rng = random.Random(seed)
     order = list(range(len(examples)))
     epoch = 0
     while epochs is None or epoch < epochs:
         rng.shuffle(order)
+        if bucket > 1:
+            window = bucket * batch_size
+            grouped: list[list[int]] = []
+            for w in range(0, len(order), window):
+                part = sorted(order[w:w + window], key=lambda j: len(examples[j].tokens))
+                cut = [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+                rng.shuffle(cut)
+                grouped += cut
+            order = [j for b in grouped for j in b]
         for i in range(0, len(order), batch_size):
             chunk = [examples[j] for j in order[i:i + batch_size]]
             t = min(max(len(e.tokens) for e in chunk), max_len)

@@ -42,7 +42,11 @@ class TrainingArgs:
     save_every: int = field(default=200, metadata={"help": "steps between resumable checkpoints"})
     seed: int = field(default=0, metadata={"help": "data order and init seed"})
     fake_quant: bool = field(default=True, metadata={"help": "train experts through MXFP4 rounding"})
+    fake_quant_from: float = field(default=0.0, metadata={"help": "with --fake-quant: start the MXFP4 rounding "
+                                                                  "at this fraction of the steps (it costs time)"})
     loss_chunk: int = field(default=512, metadata={"help": "positions unembedded at once"})
+    length_bucket: int = field(default=0, metadata={"help": "sort windows of this many batches by length "
+                                                            "(less padding; 0 = plain shuffle)"})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_seq_len", "loss_chunk"):
@@ -106,10 +110,7 @@ class Trainer:
     def __init__(self, model: Transformer, args: TrainingArgs, lineage: dict | None = None) -> None:
         self.args = args
         self.model = dequantize_experts(model, torch.float32).float()
-        for block in self.model.block:
-            for w in (block.mlp.mlp1_weight, block.mlp.mlp2_weight):
-                assert isinstance(w, DenseExpertWeight)
-                w.fake_quant = args.fake_quant
+        self._set_fake_quant(0)
         self.model.requires_grad_(True)
         self.model.rope.requires_grad_(False)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
@@ -121,6 +122,13 @@ class Trainer:
         self.out = Path(args.out_dir)
         self.lineage = lineage or {}
         self.history: list[StepLog] = []
+
+    def _set_fake_quant(self, step: int) -> None:
+        on = self.args.fake_quant and step >= self.args.fake_quant_from * self.args.steps
+        for block in self.model.block:
+            for w in (block.mlp.mlp1_weight, block.mlp.mlp2_weight):
+                assert isinstance(w, DenseExpertWeight)
+                w.fake_quant = on
 
     # -- persistence ---------------------------------------------------------------------------
     def save_state(self) -> Path:
@@ -161,7 +169,8 @@ class Trainer:
         """(mean loss per target token, next-token accuracy) over ``examples``."""
         self.model.eval()
         total, n, right = 0.0, 0, 0
-        for tokens, mask in batches(examples, self.args.batch_size, self.args.max_seq_len, 0, epochs=1):
+        for tokens, mask in batches(examples, self.args.batch_size, self.args.max_seq_len, 0, epochs=1,
+                                    bucket=len(examples)):
             loss, count, correct = masked_loss(self.model, tokens, mask, self.args.loss_chunk)
             total += float(loss) * count
             n += count
@@ -172,10 +181,12 @@ class Trainer:
     def train(self, data: Sequence[Example], eval_data: Sequence[Example] = (),
               on_step: Callable[[StepLog], None] | None = None) -> list[StepLog]:
         args = self.args
-        stream: Iterator = batches(data, args.batch_size, args.max_seq_len, args.seed + self.step)
+        stream: Iterator = batches(data, args.batch_size, args.max_seq_len, args.seed + self.step,
+                                   bucket=args.length_bucket)
         self.model.train()
         while self.step < args.steps:
             tokens, mask = next(stream)
+            self._set_fake_quant(self.step)
             start = time.perf_counter()
             loss, _, _ = masked_loss(self.model, tokens, mask, args.loss_chunk)
             self.opt.zero_grad(set_to_none=True)

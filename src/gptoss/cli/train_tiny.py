@@ -1,0 +1,269 @@
+"""``gptoss train-tiny``: rebuild the bundled gpt-oss-tiny playground model, reproducibly under a seed.
+
+Generates the synthetic harmony corpus (:mod:`gptoss.train.corpus`), trains a small model of the exact gpt-oss
+architecture from scratch with :mod:`gptoss.train.trainer` (the module that fine-tunes real checkpoints), and
+exports it -- MXFP4 experts, trimmed vocabulary -- in the project's checkpoint layout with a sha256 manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from gptoss.cli.common import err_console, positive_int
+
+# The recipe of the bundled checkpoint; `gptoss train-tiny` with no options rebuilds it.
+SHAPE = {"layers": 6, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
+         "intermediate": 256, "window": 128, "context": 4096}
+RECIPE = {"seed": 0, "conversations": 24000, "steps": 1500, "batch_size": 16, "lr": 3e-3,
+          "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13"}
+EVAL_CONVERSATIONS = 96
+SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)
+
+EPILOG = """The defaults are the recipe of the bundled model; the same options write the same bytes.
+Budget: --steps fixes the run; --minutes times a few steps first and picks --steps to fit (the
+chosen number is printed and recorded in lineage.json, so the run can be repeated exactly).
+
+examples:
+  gptoss train-tiny                                   # rebuild src/gptoss/models/gpt-oss-tiny
+  gptoss train-tiny --out /tmp/tiny --minutes 10      # a quicker model elsewhere
+  gptoss train-tiny --out /tmp/tiny --resume          # continue an interrupted run (same options)
+  gptoss eval tiny --model /tmp/tiny
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gptoss.models import BUNDLED_DIR
+
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--out", type=Path, default=BUNDLED_DIR,
+                   help="where the model goes (default: the bundled model's folder, %(default)s)")
+    p.add_argument("--work", type=Path,
+                   help="corpus cache and resumable state (default: <gptoss cache>/train-tiny/<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from WORK/trainer_state.pt")
+    p.add_argument("--seed", type=int, default=RECIPE["seed"], help="corpus, init and data-order seed "
+                   "(default: %(default)s)")
+    p.add_argument("--conversations", type=positive_int, default=RECIPE["conversations"],
+                   help="training conversations generated (default: %(default)s)")
+    p.add_argument("--weights", default=RECIPE["weights"], metavar="FAMILY=W,...",
+                   help="corpus family mix (default: %(default)s)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=positive_int, help=f"optimizer steps (default: {RECIPE['steps']})")
+    budget.add_argument("--minutes", type=float, help="pick --steps to fit this much training time")
+    p.add_argument("--batch-size", type=positive_int, default=RECIPE["batch_size"],
+                   help="conversations per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+                   help="torch threads (default: all cores, %(default)s)")
+    for name, value in SHAPE.items():
+        p.add_argument("--" + name.replace("_", "-"), type=positive_int, default=value,
+                       help="model shape (default: %(default)s)")
+    p.add_argument("--log-every", type=positive_int, default=25,
+                   help="steps between log lines when stderr is not a terminal (default: %(default)s)")
+
+
+def model_config(args: argparse.Namespace, kept: tuple[int, ...]):
+    from gptoss.config import preset
+
+    return preset("tiny", num_hidden_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+                  num_key_value_heads=args.kv_heads, head_dim=args.head_dim, num_experts=args.experts,
+                  experts_per_token=args.top_k, intermediate_size=args.intermediate, sliding_window=args.window,
+                  initial_context_length=args.context, kept_token_ids=kept)
+
+
+def _shard(job: tuple[int, int, str, dict]) -> list:
+    from gptoss.train.corpus import generate_tasks
+    from gptoss.train.data import encode_conversation
+
+    n, seed, split, weights = job
+    return [encode_conversation(t.messages) for t in generate_tasks(n, seed, split, weights)]
+
+
+def build_corpus(n: int, seed: int, split: str, weights: dict, workers: int) -> list:
+    """``n`` encoded conversations in shards of :data:`SHARD`, shard ``k`` seeded ``seed * 100000 + k``: the
+    result does not depend on ``workers``."""
+    jobs = [(min(SHARD, n - start), seed * 100_000 + k, split, weights) for k, start in enumerate(range(0, n, SHARD))]
+    if workers <= 1 or len(jobs) == 1:
+        parts = [_shard(j) for j in jobs]
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            parts = pool.map(_shard, jobs)
+    return [e for part in parts for e in part]
+
+
+def _corpus(args: argparse.Namespace, work: Path, weights: dict, console: Console) -> tuple[list, list]:
+    import torch
+
+    key = {"seed": args.seed, "conversations": args.conversations, "weights": weights, "eval": EVAL_CONVERSATIONS}
+    cache = work / "corpus.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=False)
+        if saved.get("key") == key:
+            console.print(f"corpus: cached {cache}", highlight=False)
+            return saved["train"], saved["eval"]
+    t0 = time.perf_counter()
+    train = build_corpus(args.conversations, args.seed, "train", weights, args.threads)
+    evald = build_corpus(EVAL_CONVERSATIONS, args.seed, "heldout", weights, 1)
+    torch.save({"key": key, "train": train, "eval": evald}, cache)
+    console.print(f"corpus: {len(train)} training + {len(evald)} held-out conversations in "
+                  f"{time.perf_counter() - t0:.0f} s", highlight=False)
+    return train, evald
+
+
+def _calibrate(model, targs, data, minutes: float, console: Console) -> int:
+    """Optimizer steps that fit ``minutes``, timed on a throwaway copy of the model."""
+    import copy
+
+    from gptoss.train.trainer import Trainer
+
+    probe_args = dataclasses.replace(targs, out_dir=str(Path(targs.out_dir) / "calibrate"), steps=6, eval_every=0,
+                                     save_every=0)
+    probe = Trainer(copy.deepcopy(model), probe_args)
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick(_log) -> None:
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    probe.train(data, on_step=tick)
+    shutil.rmtree(probe_args.out_dir, ignore_errors=True)
+    per_step = sorted(times[1:])[len(times[1:]) // 2]  # median, skipping the first (allocation) step
+    steps = max(1, int(minutes * 60 / per_step))
+    console.print(f"budget {minutes:g} min at {per_step:.2f} s/step -> --steps {steps}", highlight=False)
+    return steps
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptoss.cli.train import kept_ids
+    from gptoss.train.corpus import parse_weights
+    from gptoss.train.init import init_model
+    from gptoss.train.trainer import Trainer, TrainingArgs
+    from gptoss.weights.fingerprint import cache_dir
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny weights early in training would otherwise hit slow denormal paths
+    console = Console()
+    weights = parse_weights(args.weights)
+    out: Path = args.out
+    work: Path = args.work or cache_dir() / "train-tiny" / str(args.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    data, eval_data = _corpus(args, work, weights, console)
+    cfg = model_config(args, kept_ids([*data, *eval_data]))
+    torch.manual_seed(args.seed)
+    model = init_model(cfg, args.seed)
+    targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
+                         max_seq_len=1024, lr=args.lr, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
+                         eval_every=100, save_every=100, seed=args.seed, length_bucket=16,
+                         fake_quant_from=0.75)
+    if args.minutes is not None:
+        if args.resume:
+            raise ValueError("--minutes picks a new step count; resume with the --steps it printed")
+        targs = dataclasses.replace(targs, steps=_calibrate(model, targs, data, args.minutes, console))
+    lineage = {"name": "gpt-oss-tiny", "built_by": "gptoss train-tiny", "seed": args.seed,
+               "conversations": args.conversations, "eval_conversations": EVAL_CONVERSATIONS,
+               "family_weights": weights, "shape": {k: getattr(args, k) for k in SHAPE},
+               "kept_token_ids": len(cfg.kept_token_ids), "threads": args.threads,
+               "command": "gptoss train-tiny " + _argv(args, targs.steps)}
+    trainer = Trainer(model, targs, lineage)
+    if args.resume and trainer.try_resume():
+        console.print(f"resumed at step {trainer.step}", style="green")
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    console.print(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_experts} experts "
+                  f"(top {cfg.experts_per_token}), {len(cfg.kept_token_ids)} kept token ids, {n_params:,} params; "
+                  f"{targs.steps} steps of {targs.batch_size}", highlight=False)
+    t_train = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=err_console, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("training", total=targs.steps, completed=trainer.step, info="")
+
+        def on_step(log) -> None:
+            info = f"loss {log.loss:.3f} lr {log.lr:.2e} {log.tokens_per_s:,.0f} tok/s"
+            if log.eval_loss is not None:
+                info += f" eval {log.eval_loss:.3f} acc {log.eval_accuracy:.1%}"
+            if not err_console.is_terminal and (log.step % args.log_every == 0 or log.eval_loss is not None):
+                elapsed = time.perf_counter() - t_train
+                console.print(f"step {log.step}/{targs.steps} {elapsed / 60:.1f} min: {info}", highlight=False)
+            bar.update(task, completed=log.step, info=info)
+
+        history = trainer.train(data, eval_data, on_step)
+    train_s = time.perf_counter() - t_train
+    rates = [h.tokens_per_s for h in history]
+    lineage.update({"train_seconds": round(train_s), "total_seconds": round(time.perf_counter() - t_start),
+                    "median_tokens_per_s": round(sorted(rates)[len(rates) // 2]) if rates else None})
+    trainer.lineage = lineage
+    wdir = export(trainer, out, work)
+    console.print(f"exported {wdir} ({_size(wdir) / 1e6:.1f} MB) in {train_s / 60:.1f} min of training",
+                  highlight=False)
+    return 0
+
+
+def _argv(args: argparse.Namespace, steps: int) -> str:
+    parts = [f"--seed {args.seed}", f"--conversations {args.conversations}", f"--weights {args.weights}",
+             f"--steps {steps}", f"--batch-size {args.batch_size}", f"--lr {args.lr:g}"]
+    parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in SHAPE]
+    return " ".join(parts)
+
+
+def _size(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.iterdir() if f.is_file())
+
+
+def export(trainer, out: Path, work: Path) -> Path:
+    """Write the inference checkpoint flat into ``out`` (config.json, model.safetensors, dtypes.json,
+    lineage.json, README.md, SHA256SUMS); files a previous build left there are replaced."""
+    from gptoss.models import write_manifest
+
+    staged = trainer.export(work / "export")  # WORK/export/original/
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        if f.is_file():
+            f.unlink()
+    for f in staged.iterdir():
+        shutil.copyfile(f, out / f.name)
+    lineage = json.loads((out / "lineage.json").read_text())
+    (out / "README.md").write_text(model_card(lineage))
+    write_manifest(out)
+    return out
+
+
+def model_card(lineage: dict) -> str:
+    shape = lineage.get("shape", {})
+    final = lineage.get("final") or {}
+    return f"""# gpt-oss-tiny
+
+The playground model bundled with gptoss: the exact gpt-oss architecture (YaRN RoPE, attention sinks,
+alternating banded/full attention, top-k MoE with MXFP4-packed experts) at toy size, trained from scratch
+on the synthetic harmony corpus of `gptoss.train.corpus` (python tool, developer functions, browser with
+citations, JSON to a schema, greetings/identity/refusals, effort-dependent reasoning). It knows nothing
+beyond that corpus; it exists so every feature runs out of the box. Use a real gpt-oss checkpoint for
+real work.
+
+- shape: {shape.get('layers')} layers, hidden {shape.get('hidden')}, {shape.get('heads')} query / \
+{shape.get('kv_heads')} kv heads of {shape.get('head_dim')}, {shape.get('experts')} experts (top \
+{shape.get('top_k')}) of width {shape.get('intermediate')}, window {shape.get('window')}
+- vocabulary: o200k_harmony, trimmed to {lineage.get('kept_token_ids')} kept ids (+ a fallback row; other ids
+  are never sampled)
+- training: {lineage.get('steps')} steps, seed {lineage.get('seed')}, {lineage.get('conversations')} \
+conversations; final loss {final.get('loss', float('nan')):.3f}, held-out loss \
+{final.get('eval_loss') or float('nan'):.3f}; {lineage.get('train_seconds')} s of training on \
+{lineage.get('threads')} CPU threads
+- rebuild: `{lineage.get('command')}`
+
+`lineage.json` has the full record; `SHA256SUMS` is checked before the model is loaded.
+"""
