@@ -114,6 +114,23 @@ def check_paths() -> dict[str, Any]:
                   exists=exists)
 
 
+def check_index() -> dict[str, Any]:
+    """The local search index ``--browser local`` uses by default: where, how many documents, which folders."""
+    from gptoss.tools.browser.local import LocalIndex, default_index_path
+
+    path = default_index_path()
+    if not path.exists():
+        return _check(None, f"none yet at {path} (`gptoss index add DIR` builds it)", path=str(path))
+    try:
+        with LocalIndex(path, create=False) as index:
+            roots = [r.path for r in index.roots()]
+            count = index.count()
+    except Exception as e:  # a broken index is a problem worth showing, not a crash
+        return _check(False, f"{path}: {e}", path=str(path))
+    return _check(None, f"{count} documents from {len(roots)} folder(s) at {path}", path=str(path), folders=roots,
+                  documents=count)
+
+
 def check_tokenizer() -> dict[str, Any]:
     from gptoss.tokenizer import VOCAB_SHA256, verify_vocab
 
@@ -145,6 +162,7 @@ def collect(skip_sandbox: bool = False, sandbox_timeout: float = 30.0) -> dict[s
         "offline_env": check_offline_env(),
         "python_sandbox": check_sandbox(skip_sandbox, sandbox_timeout),
         "paths": check_paths(),
+        "search_index": check_index(),
         "tokenizer": check_tokenizer(),
         "torch": check_torch(),
     }

@@ -159,7 +159,8 @@ def make_builtin_tools(opts: BuiltinOptions) -> list[Tool]:
         from gptoss.tools.browser.web import WebBackend
 
         guard.allow(web_guard_hosts(opts))  # the guard and the browser allow the same hosts
-        tools.append(BrowserTool(WebBackend(opts.web_allow, search_url=opts.search_url)))
+        # No $HTTP(S)_PROXY: a proxy would see every URL (and a loopback search endpoint would go through it).
+        tools.append(BrowserTool(WebBackend(opts.web_allow, search_url=opts.search_url, use_env_proxies=False)))
     if opts.python:
         from gptoss.tools.python_tool import PythonTool
 

@@ -179,6 +179,14 @@ def iter_files(root: Path, skipped: list[tuple[str, str]]) -> Iterator[Path]:
 
 # --- the index ---------------------------------------------------------------------------------------------------
 
+_MD_MARKS_RE = re.compile(r"(?m)^\s{0,3}#{1,6}\s+|^\s{0,3}[-*+>]\s+")
+
+
+def _plain_snippet(text: str) -> str:
+    """Snippets come from the raw text: drop Markdown heading, list and quote markers at line starts."""
+    return _MD_MARKS_RE.sub("", text)
+
+
 def _fts_query(terms: list[str], op: str) -> str:
     return f" {op} ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
@@ -337,7 +345,7 @@ class LocalIndex:
             for op in ("AND", "OR") if len(terms) > 1 else ("AND",):
                 for doc_id, path, title, snippet in self.db.execute(sql, (_fts_query(terms, op), topn)):
                     if doc_id not in hits and len(hits) < topn:
-                        hits[doc_id] = Result(url=Path(path).as_uri(), title=title, snippet=snippet)
+                        hits[doc_id] = Result(url=Path(path).as_uri(), title=title, snippet=_plain_snippet(snippet))
                 if len(hits) >= topn:
                     break
         return list(hits.values())
