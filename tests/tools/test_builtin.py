@@ -68,7 +68,8 @@ def test_help_names_every_flag():
     (["--browser", "web", "--search-url", "http://127.0.0.1:1/search"], "must be an http(s) URL containing {query}"),
     (["--browser", "web", "--search-url", "file:///x?q={query}"], "must be an http(s) URL"),
     (["--browser", "web", "--web-allow", "https://example.org/"], "expected a host name"),
-    (["--browser", "web", "--web-allow", "example.org:8080"], "no scheme, port or path"),
+    (["--browser", "web", "--web-allow", "example.org:0"], "optionally with :PORT"),
+    (["--browser", "web", "--web-allow", "example.org/docs"], "no scheme or path"),
 ])
 def test_bad_combinations_are_one_line_value_errors(argv, message):
     with pytest.raises(ValueError, match=None) as e:
@@ -93,6 +94,12 @@ def test_default_index_location_is_the_one_gptoss_index_uses(tmp_path, monkeypat
 def test_unsafe_python_implies_python():
     opts = options_from_args(parse("--unsafe-python"))
     assert opts.python and opts.unsafe_python
+
+
+def test_web_allow_ports_and_addresses():
+    opts = options_from_args(parse("--browser", "web", "--web-allow", "127.0.0.1:8080", "--web-allow",
+                                   "[::1]:9000", "--web-allow", "::1", "--web-allow", "*"))
+    assert opts.web_allow == ("127.0.0.1:8080", "[::1]:9000", "::1", "*")
 
 
 def test_web_options_and_guard_hosts():
@@ -165,3 +172,50 @@ def test_web_tools_add_their_hosts_to_the_guard():
     assert out["checks"] == {"docs.example.org": "ok", "a.wiki.example": "ok", "search.internal": "ok",
                              "other.example.org": "blocked"}
     assert out["allowed_by_backend"] == ["docs.example.org", "*.wiki.example"]
+
+
+def test_web_browser_under_the_guard_reaches_only_allowed_loopback_ports():
+    """A real HTTP server on loopback, the guard in listed-loopback mode: the allowed port is browsed, a
+    second local server on another port is refused by the guard and the model reads why."""
+    code = textwrap.dedent("""
+        import http.server, json, threading
+        from gptoss import guard
+        from gptoss.tools.base import ToolCall
+        from gptoss.tools.builtin import BuiltinOptions, make_builtin_tools
+
+        class Page(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"<html><head><title>Local page</title></head><body><p>Owls hunt at night.</p></body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *args):
+                pass
+
+        servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) for _ in range(2)]
+        for s in servers:
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+        allowed, other = (s.server_address[1] for s in servers)
+        guard.install([f"127.0.0.1:{allowed}"], loopback=False)
+        [browser] = make_builtin_tools(BuiltinOptions(browser="web", web_allow=(f"127.0.0.1:{allowed}",)))
+        def open_(port):
+            return browser.process(ToolCall("browser.open", json.dumps({"id": f"http://127.0.0.1:{port}/"}),
+                                            "analysis"))
+        wide = make_builtin_tools(BuiltinOptions(browser="web", web_allow=(f"127.0.0.1:{allowed}",)))[0]
+        wide.backend.allowed_hosts = ["127.0.0.1"]  # the browser would allow any port: the guard still refuses
+        refused = wide.process(ToolCall("browser.open", json.dumps({"id": f"http://127.0.0.1:{other}/"}), "analysis"))
+        print(json.dumps({"ok": open_(allowed), "not_listed": open_(other), "refused": refused,
+                          "status": guard.status()}))
+        for s in servers:
+            s.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"].startswith("[0] Local page (http://127.0.0.1:") and "Owls hunt at night." in out["ok"]
+    assert "is not on the web allowlist" in out["not_listed"] and "nothing was sent" in out["not_listed"]
+    assert out["refused"].startswith("Error fetching URL") and "blocked by gptoss's egress guard" in out["refused"]
+    assert out["status"]["blocked"] == 1 and out["status"]["recent_refusals"][0]["event"] == "socket.connect"

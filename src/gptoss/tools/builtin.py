@@ -68,7 +68,8 @@ def add_builtin_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"local index file for --browser local (default: {default_index_path()})")
     g.add_argument("--web-allow", metavar="HOST", action="append", default=[],
                    help="with --browser web: a host the browser may open (repeatable); 'example.com' exactly, "
-                        "'*.example.com' for the domain and its subdomains, '*' for any host")
+                        "'*.example.com' for the domain and its subdomains, '*' for any host, HOST:PORT for one "
+                        "port only. The process's egress guard allows the same hosts")
     g.add_argument("--search-url", metavar="URL", default=None,
                    help="with --browser web: search endpoint returning SearXNG-style JSON, '{query}' marks the "
                         "query, e.g. 'http://127.0.0.1:8888/search?q={query}&format=json'")
@@ -81,18 +82,30 @@ def add_builtin_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_host(entry: str) -> str:
-    host = entry.strip().lower()
-    if host == "*":
-        return host
+    """One ``--web-allow`` entry, normalised: ``host``, ``*.domain``, ``*``, an IP, each optionally ``:PORT``."""
+    text = entry.strip().lower()
+    bad = ValueError(f"--web-allow {entry!r}: expected a host name like example.com or *.example.com, or an IP "
+                     "address, optionally with :PORT (no scheme or path)")
+    port = ""
+    if text.startswith("["):  # [v6] or [v6]:port
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host = text
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise bad
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        return host.strip("[]")
+        addr = ipaddress.ip_address(host)
+        shown = f"[{addr}]" if addr.version == 6 and port else str(addr)
     except ValueError:
-        pass
-    if "://" in host or "/" in host or ":" in host or not _HOST_RE.fullmatch(host):
-        raise ValueError(f"--web-allow {entry!r}: expected a host name like example.com, *.example.com or an IP "
-                         "address (no scheme, port or path)")
-    return host.rstrip(".")
+        if host != "*" and ("/" in host or not _HOST_RE.fullmatch(host)):
+            raise bad from None
+        shown = host.rstrip(".")
+    return f"{shown}:{int(port)}" if port else shown
 
 
 def options_from_args(args: argparse.Namespace) -> BuiltinOptions:

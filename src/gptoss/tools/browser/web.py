@@ -3,8 +3,8 @@
 Nothing here runs unless a :class:`WebBackend` is constructed and called. Every request:
 
 - goes only to a host on the allowlist (``example.com`` exactly; ``*.example.com`` or ``.example.com`` for the
-  domain and its subdomains; ``*`` for any host). Other hosts are refused before any DNS lookup or connection, and
-  so are redirects that leave the allowlist;
+  domain and its subdomains; ``*`` for any host; ``host:PORT`` for one port only). Other hosts are refused
+  before any DNS lookup or connection, and so are redirects that leave the allowlist;
 - is bounded: ``timeout`` seconds for the whole request (and for each socket operation), ``max_bytes`` of body;
 - must return an expected content type (HTML, plain text or Markdown, PDF; JSON for search).
 
@@ -39,8 +39,24 @@ class HostNotAllowed(PermissionError):
     """The URL's host is not on the allowlist (nothing was sent)."""
 
 
-def _host_matches(host: str, pattern: str) -> bool:
-    pattern = pattern.strip().lower().rstrip(".")
+def _split_pattern(pattern: str) -> tuple[str, int | None]:
+    """``host``, ``host:8080``, ``[::1]:8080`` -> (host, port or None)."""
+    pattern = pattern.strip().lower()
+    if pattern.startswith("["):
+        host, _, rest = pattern[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if pattern.count(":") == 1:
+        host, port = pattern.split(":")
+        if port.isdigit():
+            return host, int(port)
+    return pattern, None
+
+
+def _host_matches(host: str, pattern: str, port: int | None = None) -> bool:
+    pattern, only_port = _split_pattern(pattern)
+    if only_port is not None and port is not None and port != only_port:
+        return False
+    pattern = pattern.rstrip(".")
     if pattern == "*":
         return True
     if pattern.startswith("*."):
@@ -84,9 +100,10 @@ class WebBackend:
         self._opener = urllib.request.build_opener(*handlers)
 
     # allowlist
-    def allows(self, host: str | None) -> bool:
+    def allows(self, host: str | None, port: int | None = None) -> bool:
+        """``port`` None: the host on any port it is allowed on."""
         host = (host or "").lower().rstrip(".")
-        return bool(host) and any(_host_matches(host, p) for p in self.allowed_hosts)
+        return bool(host) and any(_host_matches(host, p, port) for p in self.allowed_hosts)
 
     def _check_url(self, url: str, extra_host: str | None = None) -> None:
         try:
@@ -98,7 +115,11 @@ class WebBackend:
             raise PermissionError(f"only http(s) URLs can be opened on the web (got {parsed.scheme or 'no'} scheme)")
         if not host:
             raise ValueError(f"URL {url!r} has no host")
-        if not (self.allows(host) or (extra_host is not None and host.lower() == extra_host)):
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError(f"invalid port in URL {url!r}") from None
+        if not (self.allows(host, port) or (extra_host is not None and host.lower() == extra_host)):
             allowed = ", ".join(self.allowed_hosts) or "none"
             raise HostNotAllowed(f"host {host!r} is not on the web allowlist (allowed: {allowed}); "
                                  "nothing was sent")
