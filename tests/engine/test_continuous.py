@@ -85,3 +85,26 @@ def test_bad_prompt_is_refused(model):
         batch.add([1, -3], SamplingParams())
     with pytest.raises(ValueError, match="at least one token"):
         batch.add([], SamplingParams())
+
+
+def test_batched_sampling_draws_from_the_distribution():
+    """sample_rows: exact draws from softmax(logits / T), masked tokens never, greedy rows the argmax."""
+    from gptoss.engine.continuous import Seq, sample_rows
+
+    logits = torch.full((3, 50), float("-inf"))
+    logits[:, 3], logits[:, 7], logits[:, 9] = 0.0, 1.0, 2.0  # p ~ 0.09, 0.245, 0.665 at T=1
+    seqs = [Seq([1], SamplingParams(temperature=1.0)), Seq([1], SamplingParams(temperature=0)),
+            Seq([1], SamplingParams(temperature=2.0))]
+    for k, s in enumerate(seqs):
+        if s.params.temperature > 0:
+            s.generator = torch.Generator().manual_seed(k)
+    counts = [dict.fromkeys((3, 7, 9), 0) for _ in seqs]
+    for _ in range(3000):
+        for k, tok in enumerate(sample_rows(logits, seqs)):
+            counts[k][tok] += 1  # KeyError if a masked token were drawn
+    assert counts[1] == {3: 0, 7: 0, 9: 3000}
+    p = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0).tolist()
+    for tok, want in zip((3, 7, 9), p, strict=True):
+        assert abs(counts[0][tok] / 3000 - want) < 0.035
+    p2 = torch.softmax(torch.tensor([0.0, 0.5, 1.0]), 0).tolist()  # T=2 flattens
+    assert abs(counts[2][9] / 3000 - p2[2]) < 0.035

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from gptoss.engine.generate import DEFAULT_PREFILL_CHUNK, check_tokens
-from gptoss.engine.sampling import LogitsProcessor, Sampler, SamplingParams, make_sampler
+from gptoss.engine.sampling import LogitsProcessor, SamplingParams, filter_logits
 from gptoss.model.cache import FullKVCache, KVCache, make_cache
 from gptoss.model.transformer import Transformer
 
@@ -35,7 +35,7 @@ class Seq:
     tag: Any = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
-    sampler: Sampler | None = None
+    generator: torch.Generator | None = None  # None: greedy
     length: int = 0  # tokens in the cache (prompt + fed tokens)
     dropped: bool = False
 
@@ -121,7 +121,12 @@ class ContinuousBatch:
     def add(self, prompt: Sequence[int], params: SamplingParams, processor: LogitsProcessor | None = None,
             tag: Any = None) -> Seq:
         seq = Seq(check_tokens(prompt, self.cfg.vocab_size), params, processor, tag)
-        seq.sampler = make_sampler(params.temperature, params.top_p, params.top_k, params.seed)
+        if params.temperature > 0:
+            seq.generator = torch.Generator()
+            if params.seed is None:
+                seq.generator.seed()
+            else:
+                seq.generator.manual_seed(params.seed)
         self.waiting.append(seq)
         return seq
 
@@ -190,16 +195,18 @@ class ContinuousBatch:
         assert self.logits is not None and self.cache is not None
         events: list[SeqEvent] = []
         keep: list[int] = []
-        for r, s in enumerate(self.rows):
-            if s.dropped:
+        live = [r for r, s in enumerate(self.rows) if not s.dropped]
+        rows = self.logits[live] if len(live) < len(self.rows) else self.logits
+        if any(self.rows[r].processor is not None for r in live):
+            rows = torch.stack([s.processor(s.generated, rows[k]) if s.processor is not None else rows[k]
+                                for k, s in enumerate(self.rows[r] for r in live)])
+        if live:
+            tokens = sample_rows(rows, [self.rows[r] for r in live])
+        for k, r in enumerate(live):
+            s = self.rows[r]
+            if s.dropped:  # its processor gave up on it: nothing sampled from unprocessed logits
                 continue
-            row_logits = self.logits[r]
-            if s.processor is not None:
-                row_logits = s.processor(s.generated, row_logits)
-            if s.dropped:  # the processor gave up on it
-                continue
-            assert s.sampler is not None
-            tok = s.sampler(row_logits)
+            tok = tokens[k]
             s.generated.append(tok)
             if tok in s.params.stop:
                 s.finish_reason = "stop"
@@ -223,6 +230,35 @@ class ContinuousBatch:
         self.logits = self.model(feed.to(self.device), positions.to(self.device), self.cache,
                                  torch.zeros(len(self.rows), dtype=torch.long, device=self.device))
         return events
+
+
+def sample_rows(logits: torch.Tensor, seqs: Sequence[Seq]) -> list[int]:
+    """One token per row of ``logits (B, V)``, in one pass over the batch: greedy rows take the argmax; the
+    others draw exactly from softmax(logits / T) (after top-k/top-p when set) by inverting the CDF at a
+    uniform number from the row's own generator -- one random number per row, not one per vocabulary entry,
+    and reproducible for a seed."""
+    sampled = [r for r, s in enumerate(seqs) if s.generator is not None]
+    if not sampled:
+        return logits.argmax(-1).tolist()
+    x = logits[sampled].float()
+    temps = torch.tensor([seqs[r].params.temperature for r in sampled], device=x.device)
+    x = x / temps[:, None]
+    for k, r in enumerate(sampled):
+        p = seqs[r].params
+        if p.top_p < 1.0 or p.top_k > 0:
+            x[k] = filter_logits(x[k], 1.0, p.top_p, p.top_k)
+    cdf = torch.softmax(x, dim=-1).cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=seqs[r].generator) for r in sampled]).to(x.device)
+    # right=True: the first index whose CDF exceeds the draw, so a zero-probability (masked) token is never
+    # picked; a draw rounded up to the total falls back to the row's most likely token.
+    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    if bool((picks >= x.shape[-1]).any()):
+        picks = torch.where(picks < x.shape[-1], picks, x.argmax(-1))
+    if len(sampled) == len(seqs):
+        return picks.tolist()
+    out = logits.argmax(-1)
+    out[torch.tensor(sampled, device=out.device)] = picks
+    return out.tolist()
 
 
 def run_all(batch: ContinuousBatch, on_event: Callable[[SeqEvent], None] | None = None) -> None:
