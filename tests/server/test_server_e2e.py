@@ -201,3 +201,58 @@ def test_function_calling_round_trip_with_openai_client(tmp_path):
         chat = client.chat.completions.create(model="gpt-oss-20b", messages=messages, tools=[tool])
         assert chat.choices[0].message.content == "Oslo: 4 °C."
         assert chat.choices[0].message.model_extra["reasoning_content"] == "It is 4 degrees."
+
+
+def test_concurrent_streams_and_disconnect_on_the_real_engine(tiny_checkpoint, tmp_path):
+    """N official-client streams at once on one continuous batch all finish correctly; a stream whose client
+    leaves is cancelled and its row freed while the others go on."""
+    import httpx
+
+    from gptoss.api import Model
+
+    engine = ModelEngine(Model.load(tiny_checkpoint, dtype="float32").transformer, "tiny", max_batch=8)
+    n = 6
+    try:
+        with live_server(create_app(engine, db_path=tmp_path / "db")) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", timeout=120, max_retries=0)
+            results: dict[int, list] = {}
+            errors: list[BaseException] = []
+
+            def run(k: int) -> None:
+                try:
+                    if k % 2:
+                        results[k] = list(client.responses.create(model="gpt-oss-20b", input=f"Hi {k}", stream=True,
+                                                                  max_output_tokens=24, extra_body={"seed": k}))
+                    else:
+                        results[k] = list(client.chat.completions.create(
+                            model="gpt-oss-20b", messages=[{"role": "user", "content": f"Hi {k}"}], max_tokens=24,
+                            seed=k, stream=True, stream_options={"include_usage": True}))
+                except BaseException as e:  # reported below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+            for t in threads:
+                t.start()
+            # meanwhile one more client leaves after its first few events
+            with httpx.Client(base_url=url, timeout=60) as raw:
+                with raw.stream("POST", "/v1/responses", json={"model": "m", "input": "bye", "stream": True,
+                                                                "max_output_tokens": 2000}) as r:
+                    for i, _ in enumerate(r.iter_lines()):
+                        if i > 6:
+                            break
+            for t in threads:
+                t.join(120)
+            assert not errors, errors
+            for k, events in results.items():
+                if k % 2:
+                    assert [e.sequence_number for e in events] == list(range(len(events)))
+                    assert events[-1].type in ("response.completed", "response.incomplete")
+                    assert events[-1].response.usage.output_tokens <= 24
+                else:
+                    assert events[-1].choices == [] and 0 < events[-1].usage.completion_tokens <= 24
+            assert len(results) == n
+            assert max(engine.step_sizes) >= 3  # they shared forwards
+            assert wait(lambda: engine._inflight == 0, 30)  # the abandoned one was cancelled, not run to 2000
+            assert sum(engine.step_sizes) < n * 24 + 2000 / 4
+    finally:
+        engine.close()
