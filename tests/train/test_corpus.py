@@ -16,17 +16,15 @@ from gptoss.tools.base import ToolCall
 from gptoss.train.corpus import (
     FAMILIES,
     MAX_BODY_TOKENS,
-    ArithmeticPython,
     analysis_length,
     body_tokens,
     generate,
     generate_tasks,
     parse_weights,
-    run_arithmetic,
-    split_of,
     write_jsonl,
 )
 from gptoss.train.data import encode_conversation, load_jsonl
+from gptoss.train.world import ArithmeticPython, run_arithmetic, split_of
 
 
 @pytest.fixture(scope="module")

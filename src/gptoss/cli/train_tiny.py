@@ -21,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gptoss.cli.common import err_console, positive_int
 
 # The recipe of the bundled checkpoint; `gptoss train-tiny` with no options rebuilds it.
-SHAPE = {"layers": 6, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
+SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
          "intermediate": 256, "window": 128, "context": 4096}
-RECIPE = {"seed": 0, "conversations": 24000, "steps": 1500, "batch_size": 16, "lr": 3e-3,
+RECIPE = {"seed": 0, "conversations": 8000, "steps": 450, "batch_size": 16, "lr": 3e-3,
           "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13"}
 EVAL_CONVERSATIONS = 96
 SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)
@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, help=f"optimizer steps (default: {RECIPE['steps']})")
     budget.add_argument("--minutes", type=float, help="pick --steps to fit this much training time")
+    p.add_argument("--max-minutes", type=float,
+                   help="safety cap: stop training after this long and export what there is (recorded in "
+                        "lineage.json; such a model is not the reproducible recipe)")
     p.add_argument("--batch-size", type=positive_int, default=RECIPE["batch_size"],
                    help="conversations per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate (default: %(default)s)")
@@ -78,6 +81,19 @@ def model_config(args: argparse.Namespace, kept: tuple[int, ...]):
                   num_key_value_heads=args.kv_heads, head_dim=args.head_dim, num_experts=args.experts,
                   experts_per_token=args.top_k, intermediate_size=args.intermediate, sliding_window=args.window,
                   initial_context_length=args.context, kept_token_ids=kept)
+
+
+def number_ids() -> set[int]:
+    """Token ids of every 1-3 digit string: o200k splits numbers into such groups, so with these rows any number
+    in a prompt can be read and copied, even one the corpus never drew."""
+    from gptoss.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    ids: set[int] = set()
+    for width in (1, 2, 3):
+        for n in range(10 ** width):
+            ids.update(tok.encode(f"{n:0{width}d}"))
+    return ids
 
 
 def _shard(job: tuple[int, int, str, dict]) -> list:
@@ -164,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     data, eval_data = _corpus(args, work, weights, console)
-    cfg = model_config(args, kept_ids([*data, *eval_data]))
+    cfg = model_config(args, tuple(sorted({*kept_ids([*data, *eval_data]), *number_ids()})))
     torch.manual_seed(args.seed)
     model = init_model(cfg, args.seed)
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
@@ -201,7 +217,15 @@ def run(args: argparse.Namespace) -> int:
                 console.print(f"step {log.step}/{targs.steps} {elapsed / 60:.1f} min: {info}", highlight=False)
             bar.update(task, completed=log.step, info=info)
 
-        history = trainer.train(data, eval_data, on_step)
+        deadline = None if args.max_minutes is None else t_train + args.max_minutes * 60
+
+        def stop() -> bool:
+            return deadline is not None and time.perf_counter() > deadline
+
+        history = trainer.train(data, eval_data, on_step, stop)
+    if trainer.step < targs.steps:
+        console.print(f"--max-minutes reached: stopped at step {trainer.step} of {targs.steps}", style="yellow")
+        lineage["stopped_early_at_step"] = trainer.step
     train_s = time.perf_counter() - t_train
     rates = [h.tokens_per_s for h in history]
     lineage.update({"train_seconds": round(train_s), "total_seconds": round(time.perf_counter() - t_start),
