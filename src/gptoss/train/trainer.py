@@ -179,7 +179,9 @@ class Trainer:
         return total / max(n, 1), right / max(n, 1)
 
     def train(self, data: Sequence[Example], eval_data: Sequence[Example] = (),
-              on_step: Callable[[StepLog], None] | None = None) -> list[StepLog]:
+              on_step: Callable[[StepLog], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> list[StepLog]:
+        """Train to ``args.steps`` (or until ``stop()`` says so, checked after each step); state is saved."""
         args = self.args
         stream: Iterator = batches(data, args.batch_size, args.max_seq_len, args.seed + self.step,
                                    bucket=args.length_bucket)
@@ -204,5 +206,7 @@ class Trainer:
                 on_step(log)
             if args.save_every and self.step % args.save_every == 0:
                 self.save_state()
+            if stop is not None and self.step < args.steps and stop():
+                break
         self.save_state()
         return self.history
