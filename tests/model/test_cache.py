@@ -36,11 +36,29 @@ def test_sliding_cache_wraps_and_keeps_last_window():
     k, v = kv(1, 1, 6)
     keys, _, pos = c.update_and_fetch(k, v, torch.tensor([[6]]))
     held = {p: float(x) for p, x in zip(pos[0].tolist(), keys[0, :, 0, 0].tolist(), strict=True) if p >= 0}
-    assert held == {2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0, 6: 6.0}
+    # Decoding writes first and returns the ring itself (no copy): exactly the query's window.
+    assert held == {3: 3.0, 4: 4.0, 5: 5.0, 6: 6.0}
+    assert keys.data_ptr() == c.k.data_ptr() and pos.data_ptr() == c.pos.data_ptr()
     for step in range(7, 20):  # many wraparounds, decode only
         k, v = kv(1, 1, step)
         _, _, pos = c.update_and_fetch(k, v, torch.tensor([[step]]))
-        assert sorted(p for p in pos[0].tolist() if p >= 0) == list(range(step - 4, step + 1))
+        assert sorted(p for p in pos[0].tolist() if p >= 0) == list(range(step - 3, step + 1))
+
+
+def test_sliding_cache_in_place_only_when_no_needed_key_is_overwritten():
+    """With spare capacity (max_trim), up to capacity - window + 1 new tokens are written in place;
+    more take the copying path. Either way every query still sees its whole window."""
+    c = SlidingKVCache(1, 1, 2, window=4, dtype=torch.float32, max_trim=2)  # capacity 6
+    k, v = kv(1, 6)
+    c.update_and_fetch(k, v, torch.arange(6)[None])
+    k, v = kv(1, 3, 6)
+    keys, _, pos = c.update_and_fetch(k, v, torch.tensor([[6, 7, 8]]))  # 3 = 6 - 4 + 1: in place
+    assert keys.data_ptr() == c.k.data_ptr()
+    assert sorted(p for p in pos[0].tolist() if p >= 0) == [3, 4, 5, 6, 7, 8]  # query 6 needs 3..6
+    k, v = kv(1, 4, 9)
+    keys, _, pos = c.update_and_fetch(k, v, torch.tensor([[9, 10, 11, 12]]))  # 4 > 3: copied
+    assert keys.data_ptr() != c.k.data_ptr()
+    assert set(range(6, 13)) <= {p for p in pos[0].tolist() if p >= 0}  # query 9 needs 6..9
 
 
 def test_padding_is_never_cached():

@@ -118,6 +118,14 @@ class SlidingKVCache(_RowCache):
         """Return the cached keys followed by the new ones (a prefill longer than the ring still
         sees all of its own keys), then keep only the newest ``capacity`` tokens."""
         cap = self.capacity
+        if k.shape[1] <= cap - self.window + 1:
+            # Few new tokens (decoding): the keys they overwrite are older than every new query's
+            # window, so write first and attend over the ring itself, in slot order, without a copy.
+            valid = pos >= 0
+            index = self.lengths[:, None] + valid.long().cumsum(1) - 1
+            self._write(k, v, pos, index, valid)
+            self.lengths = self.lengths + valid.sum(1)
+            return self.k[:, :cap], self.v[:, :cap], self.pos[:, :cap]
         keys = torch.cat([self.k[:, :cap], k.to(self.k.dtype)], dim=1)
         values = torch.cat([self.v[:, :cap], v.to(self.v.dtype)], dim=1)
         positions = torch.cat([self.pos[:, :cap], pos.masked_fill(pos < 0, -1)], dim=1)

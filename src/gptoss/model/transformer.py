@@ -17,6 +17,28 @@ from gptoss.config import ModelConfig
 from gptoss.model.cache import KVCache
 
 
+class Int8Linear(nn.Module):
+    """A linear layer whose weight is stored as int8 rows with one float32 scale per output row
+    (``W ~ weight_q * weight_scale[:, None]``); see :func:`gptoss.weights.quantize.quantize_linear`.
+    Inference only: the 8-bit option for the non-expert weights."""
+
+    def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("weight_scale", weight_scale)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.out_features, self.in_features = weight_q.shape
+
+    def op_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight_q, self.weight_scale
+
+
+def linear(layer: nn.Linear | Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` through :func:`gptoss.ops.linear` (the backend's dense kernel)."""
+    weight = layer.op_weight() if isinstance(layer, Int8Linear) else layer.weight
+    return ops.linear(x, weight, layer.bias)
+
+
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps) * scale`` in float32; scale only, no bias, not ``1 + scale``."""
 
@@ -59,13 +81,24 @@ class RotaryEmbedding(nn.Module):
         inv_freq, self.concentration = yarn_inv_freq(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin: (B, T, D/2)`` float32 for ``positions: (B, T)`` (negative = padding, treated
+        as 0), concentration applied. Every layer rotates by the same positions, so the last
+        table is kept and reused while ``positions`` is the same tensor."""
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] is positions:
+            return memo[1], memo[2]
+        angles = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
+        cos, sin = angles.cos() * self.concentration, angles.sin() * self.concentration
+        self._memo = (positions, cos, sin)
+        return cos, sin
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate ``x: (B, T, ..., D)`` by ``positions: (B, T)`` (negative = padding, treated as 0)."""
-        angles = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
-        cos = (angles.cos() * self.concentration).view(*angles.shape[:2], *([1] * (x.dim() - 3)), -1)
-        sin = (angles.sin() * self.concentration).view_as(cos)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+        cos, sin = self.table(positions)
+        heads = math.prod(x.shape[2:-1])
+        out = ops.rotary(x.reshape(*x.shape[:2], heads * x.shape[-1]), heads, cos, sin)
+        return out.view(x.shape)
 
 
 class AttentionBlock(nn.Module):
@@ -91,18 +124,19 @@ class AttentionBlock(nn.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         n_kv, d, g = cfg.num_key_value_heads, cfg.head_dim, cfg.q_per_kv
-        qkv = self.qkv(self.norm(x))  # (B, T, qkv_dim)
+        qkv = linear(self.qkv, self.norm(x))  # (B, T, qkv_dim)
         q_end = cfg.num_attention_heads * d
+        cos, sin = rope.table(positions)
+        qkv = ops.rotary(qkv, cfg.num_attention_heads + n_kv, cos, sin)  # q and k heads lead each row
         q = qkv[..., :q_end].view(b, t, n_kv, g, d)  # (B, T, Hkv, G, D)
         k = qkv[..., q_end:q_end + n_kv * d].view(b, t, n_kv, d)  # (B, T, Hkv, D)
         v = qkv[..., q_end + n_kv * d:].view(b, t, n_kv, d)  # (B, T, Hkv, D)
-        q, k = rope(q, positions), rope(k, positions)
         if cache is not None:
             k, v, k_pos = cache.update_and_fetch(k, v, positions)  # (B, S, Hkv, D), (B, S)
         else:
             k_pos = positions
         o = ops.attention(q, k, v, self.sinks, positions, k_pos, self.window, self.scale)  # (B, T, H*D)
-        return x + self.out(o)
+        return x + linear(self.out, o)
 
 
 class MXFP4Weight(nn.Module):
@@ -255,5 +289,5 @@ class Transformer(nn.Module):
             x = x[torch.arange(b, device=x.device), logit_index]  # (B, H)
         if return_hidden:
             return self.norm(x)
-        logits = self.unembedding(self.norm(x)).float()
+        logits = linear(self.unembedding, self.norm(x)).float()
         return logits if self.vocab is None else self.vocab.expand(logits)

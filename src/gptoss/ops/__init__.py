@@ -1,4 +1,5 @@
-"""The narrow compute interface the model calls: ``rms_norm``, ``attention``, ``moe``.
+"""The narrow compute interface the model calls: ``rms_norm``, ``linear``, ``rotary``,
+``attention``, ``moe``.
 
 A backend is a module exposing those three functions. The reference backend always exists;
 faster ones register here and are chosen once with :func:`select_backend`, never per call.
@@ -73,6 +74,14 @@ def backend_name() -> str:
 
 def rms_norm(*args: Any, **kwargs: Any) -> Any:
     return _active.rms_norm(*args, **kwargs)
+
+
+def linear(*args: Any, **kwargs: Any) -> Any:
+    return _active.linear(*args, **kwargs)
+
+
+def rotary(*args: Any, **kwargs: Any) -> Any:
+    return _active.rotary(*args, **kwargs)
 
 
 def attention(*args: Any, **kwargs: Any) -> Any:

@@ -44,13 +44,15 @@ from pathlib import Path
 import torch
 
 from gptoss.ops import reference
-from gptoss.ops.reference import ExpertWeight, attention, rms_norm, route, swiglu
+from gptoss.ops.reference import ExpertWeight, LinearWeight, route, swiglu
 from gptoss.weights.fingerprint import cache_dir as gptoss_cache_dir
 
-__all__ = ["KernelUnavailable", "attention", "available", "kernel_info", "load_kernel", "moe", "mxfp4_matmul",
-           "rms_norm"]
+__all__ = ["KernelUnavailable", "attention", "available", "kernel_info", "linear", "load_kernel", "moe",
+           "mxfp4_matmul", "rms_norm"]
 
-SOURCE = Path(__file__).with_name("csrc") / "mxfp4_matmul.c"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = ("mxfp4_matmul.c", "dense.c", "attention.c")  # compiled together into one object
+HEADERS = ("common.h",)
 # No -march: the AVX2 code is selected at run time, so a cached object runs on any x86-64 CPU.
 CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fno-strict-aliasing")
 OPENMP_FLAGS = ("-fopenmp",)
@@ -100,14 +102,13 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _compile(cc: str, flags: tuple[str, ...], source: bytes, out: Path) -> str | None:
-    """Compile ``source`` (C, given on stdin: exactly the bytes that were hashed) to ``out``
-    atomically; the compiler's complaint on failure, else None."""
+def _compile(cc: str, flags: tuple[str, ...], out: Path) -> str | None:
+    """Compile :data:`SOURCES` to ``out`` atomically; the compiler's complaint on failure, else None."""
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, "-x", "c", "-", "-lm"], input=source, capture_output=True,
-                              timeout=300)
+        proc = subprocess.run([cc, *flags, "-I", str(CSRC), "-o", tmp, *(str(CSRC / f) for f in SOURCES), "-lm"],
+                              capture_output=True, timeout=300)
         if proc.returncode != 0:
             said = (proc.stderr or proc.stdout).decode(errors="replace").strip()
             return (said or f"exit status {proc.returncode}")[-500:]
@@ -127,7 +128,7 @@ def build_kernel() -> Path:
     Raises :class:`KernelUnavailable` when no object can be built.
     """
     try:
-        source = SOURCE.read_bytes()
+        source = b"\0".join((CSRC / f).read_bytes() for f in (*SOURCES, *HEADERS))
     except OSError as e:
         raise KernelUnavailable(f"kernel source missing: {e}") from None
     cc = _compiler()
@@ -140,20 +141,20 @@ def build_kernel() -> Path:
     errors = []
     for flags in (CFLAGS + OPENMP_FLAGS, CFLAGS):
         digest = hashlib.sha256(b"\0".join([source, cc.encode(), ident.encode(), " ".join(flags).encode()]))
-        lib = directory / f"mxfp4_matmul-{digest.hexdigest()[:16]}.so"
+        lib = directory / f"gptoss_cpu-{digest.hexdigest()[:16]}.so"
         if lib.exists():
             return lib
         try:
             with _file_lock(directory / f"{lib.name}.lock"):
                 if lib.exists():  # another process built it while we waited
                     return lib
-                error = _compile(cc, flags, source, lib)
+                error = _compile(cc, flags, lib)
         except OSError as e:
             error = str(e)
         if error is None:
             return lib
         errors.append(f"{cc} {' '.join(flags)}: {error.splitlines()[-1] if error else error}")
-    raise KernelUnavailable("compiling the MXFP4 kernel failed: " + "; ".join(errors))
+    raise KernelUnavailable("compiling the CPU kernels failed: " + "; ".join(errors))
 
 
 class _Kernel:
@@ -163,10 +164,23 @@ class _Kernel:
         except OSError as e:
             raise KernelUnavailable(f"cannot load {path}: {e}") from None
         self.path = path
-        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
         self._grouped = lib.gptoss_mxfp4_matmul_grouped
         self._grouped.argtypes = [p, p, p, p, i64, p, p, i64, i64, i32, i32]
         self._grouped.restype = i32
+        self._linear = lib.gptoss_linear
+        self._linear.argtypes = [p, i32, i64, i64, p, i32, p, p, i32, p, i32, i64, i32, i32]
+        self._linear.restype = i32
+        self._rms_norm = lib.gptoss_rms_norm
+        self._rms_norm.argtypes = [p, i32, p, f32, p, i64, i64]
+        self._rms_norm.restype = None
+        self._attention = lib.gptoss_attention
+        self._attention.argtypes = [p, i64, i64, i64, i64, i64, p, p, i32, i64, i64, i64, p, i64, p, p, i64, f32, p,
+                                    i32, i32]
+        self._attention.restype = i32
+        self._rope = lib.gptoss_rope
+        self._rope.argtypes = [p, i32, i64, i64, i64, i64, p, p]
+        self._rope.restype = None
         self.avx2 = bool(lib.gptoss_mxfp4_has_avx2())
         self.openmp = bool(lib.gptoss_mxfp4_has_openmp())
 
@@ -177,6 +191,19 @@ class _Kernel:
         if self._grouped(x.data_ptr(), blocks.data_ptr(), scales.data_ptr(), out.data_ptr(), experts.numel(),
                          experts.data_ptr(), counts.data_ptr(), r, g, threads, impl) < 0:
             raise MemoryError("mxfp4 kernel: could not allocate its buffers")
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, wscale: torch.Tensor | None, bias: torch.Tensor | None,
+               out: torch.Tensor, threads: int, impl: int) -> None:
+        """x [n, K] (f32/bf16), w [R, K] (f32/bf16/int8) contiguous; out [n, R] f32/bf16. No checks."""
+        n, k = x.shape
+        if self._linear(x.data_ptr(), _TYPES[x.dtype], n, k, w.data_ptr(), _TYPES[w.dtype],
+                        None if wscale is None else wscale.data_ptr(), None if bias is None else bias.data_ptr(),
+                        _TYPES[bias.dtype] if bias is not None else 0, out.data_ptr(), _TYPES[out.dtype],
+                        w.shape[0], threads, impl) < 0:
+            raise MemoryError("linear kernel: could not allocate its buffers")
+
+
+_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 _state: dict[str, _Kernel | KernelUnavailable | None] = {"kernel": None}
@@ -325,3 +352,80 @@ def moe(
     out = torch.zeros(x.shape, dtype=torch.float32)
     out.index_add_(0, rows, y)
     return out.to(x.dtype)
+
+
+_FLOAT = (torch.float32, torch.bfloat16)
+
+
+def _usable(*tensors: torch.Tensor) -> bool:
+    """Whether the C kernels may run: CPU tensors, no gradients wanted, the kernel builds."""
+    return all(t.device.type == "cpu" for t in tensors) and not _needs_grad(*tensors) and available()
+
+
+def linear(x: torch.Tensor, weight: LinearWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`gptoss.ops.reference.linear` in C: bf16/float32 weights or int8 rows with float32 scales.
+
+    One or a few tokens stream every weight row once (memory-bound decoding); more tokens run the
+    panel GEMM (weights converted to float32 PANEL rows at a time, never as a whole matrix).
+    """
+    w, wscale = weight if isinstance(weight, tuple) else (weight, None)
+    tensors = (x, w) if bias is None else (x, w, bias)
+    if (x.dtype not in _FLOAT or w.dtype not in (*_FLOAT, torch.int8) or (bias is not None and bias.dtype not in _FLOAT)
+            or (wscale is None) != (w.dtype != torch.int8) or not _usable(*tensors)):
+        return reference.linear(x, weight, bias)
+    r, k = w.shape
+    if x.shape[-1] != k or (bias is not None and bias.shape != (r,)) or (wscale is not None and wscale.shape != (r,)):
+        raise ValueError(f"linear: x {tuple(x.shape)} does not fit weight {tuple(w.shape)}")
+    x2 = x.reshape(-1, k).contiguous()
+    out = torch.empty(x2.shape[0], r, dtype=x.dtype)
+    if wscale is not None:
+        wscale = wscale.float().contiguous()
+    load_kernel().linear(x2, w.contiguous(), wscale, None if bias is None else bias.contiguous(), out,
+                         torch.get_num_threads(), IMPLS[_impl()])
+    return out.view(*x.shape[:-1], r)
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`gptoss.ops.reference.rms_norm` in one C pass (float32 math, rounded to x's dtype)."""
+    if x.dtype not in _FLOAT or scale.dtype != torch.float32 or scale.shape != x.shape[-1:] or not _usable(x, scale):
+        return reference.rms_norm(x, scale, eps)
+    xc = x.contiguous()
+    out = torch.empty_like(xc)
+    h = x.shape[-1]
+    load_kernel()._rms_norm(xc.data_ptr(), _TYPES[x.dtype], scale.contiguous().data_ptr(), eps, out.data_ptr(),
+                            xc.numel() // h if h else 0, h)
+    return out
+
+
+def rotary(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`gptoss.ops.reference.rotary` in C, in place on x (the fresh qkv projection)."""
+    b, t, w = x.shape
+    d = 2 * cos.shape[-1]
+    if (x.dtype not in _FLOAT or x.stride(-1) != 1 or x.stride(0) != t * x.stride(1) or heads * d > w
+            or cos.shape != (b, t, d // 2) or cos.dtype != torch.float32 or not _usable(x, cos, sin)):
+        return reference.rotary(x, heads, cos, sin)
+    c, s = cos.contiguous(), sin.contiguous()
+    load_kernel()._rope(x.data_ptr(), _TYPES[x.dtype], b * t, x.stride(1), heads, d, c.data_ptr(), s.data_ptr())
+    return x
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, q_pos: torch.Tensor,
+              k_pos: torch.Tensor, window: int | None, scale: float) -> torch.Tensor:
+    """:func:`gptoss.ops.reference.attention` in C, reading ``k``/``v`` in place: any batch and slot
+    strides (cache views, a ring buffer in slot order), only the visible keys of each query."""
+    b, t, hkv, g, d = q.shape
+    s = k.shape[1]
+    if (q.dtype not in _FLOAT or k.dtype not in _FLOAT or v.dtype != k.dtype or k.shape != (b, s, hkv, d)
+            or v.shape != k.shape or k.stride() != v.stride() or k.stride()[2:] != (d, 1)
+            or k_pos.shape != (b, s) or k_pos.dtype != torch.int64 or not _usable(q, k, v, sinks, k_pos)):
+        return reference.attention(q, k, v, sinks, q_pos, k_pos, window, scale)
+    qf = q.float().contiguous()
+    kp = k_pos if k_pos.stride(-1) == 1 else k_pos.contiguous()
+    qp = q_pos.to(torch.int64).contiguous()
+    out = torch.empty(b, t, hkv * g * d, dtype=torch.float32)
+    if load_kernel()._attention(qf.data_ptr(), b, t, hkv, g, d, k.data_ptr(), v.data_ptr(), _TYPES[k.dtype],
+                                k.stride(0), k.stride(1), s, kp.data_ptr(), kp.stride(0), qp.data_ptr(),
+                                sinks.float().contiguous().data_ptr(), window or 0, scale, out.data_ptr(),
+                                torch.get_num_threads(), IMPLS[_impl()]) < 0:
+        raise MemoryError("attention kernel: could not allocate its buffers")
+    return out.to(q.dtype)

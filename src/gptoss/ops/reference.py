@@ -13,6 +13,8 @@ from gptoss.weights.mxfp4 import dequantize_mxfp4
 
 # An expert weight is either dense [E, out, in] or MXFP4-packed (blocks [E, out, G, 16], scales [E, out, G]).
 ExpertWeight = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# A dense weight ``[out, in]``: floating point, or int8 rows with one float32 scale each (W = q * scale[:, None]).
+LinearWeight = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -20,6 +22,28 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
     return (y * scale.float()).to(x.dtype)
+
+
+def linear(x: torch.Tensor, weight: LinearWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` in x's dtype. An int8 weight is dequantized to float32 and the product
+    taken in float32, then rounded to x's dtype (as the C kernel computes it)."""
+    if isinstance(weight, tuple):
+        q, scale = weight
+        w = q.float() * scale.float()[:, None]
+        return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+def rotary(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split rotary embedding of the first ``heads`` heads of ``x: (B, T, W)``; the rest of
+    each row is unchanged. ``cos, sin: (B, T, D/2)`` float32; dim i pairs with i + D/2, math in
+    float32, rounded to x's dtype. Other backends may rotate x in place and return it."""
+    b, t, w = x.shape
+    d = 2 * cos.shape[-1]
+    x1, x2 = x[..., :heads * d].reshape(b, t, heads, d).float().chunk(2, dim=-1)
+    c, s = cos[:, :, None], sin[:, :, None]
+    rot = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype).reshape(b, t, heads * d)
+    return rot if heads * d == w else torch.cat([rot, x[..., heads * d:]], dim=-1)
 
 
 def attention(

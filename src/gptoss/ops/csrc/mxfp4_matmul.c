@@ -4,37 +4,20 @@
  *   W[r, 32g + 2b]     = FP4[blocks[r, g, b] & 0xF] * 2^(scales[r, g] - 127)
  *   W[r, 32g + 2b + 1] = FP4[blocks[r, g, b] >> 4]  * 2^(scales[r, g] - 127)
  *
- * W is decoded on the fly, 32 values at a time, and never materialised; every token of the batch
- * uses each decoded block, so the packed weights are read once per call.
+ * W is decoded on the fly, 32 values at a time, and never materialised: at most PANEL decoded rows
+ * exist at once, per thread. Every token of a group uses each decoded block, so the packed
+ * weights of a selected expert are read once per call whatever the number of its tokens.
  *
  * Two implementations, chosen at run time so that one shared object serves any x86-64 CPU:
  * AVX2 + FMA (functions carry target attributes; the file is compiled without -march) and a
- * portable scalar loop. Rows are split across OpenMP threads; each output element is computed by
+ * portable scalar loop. Work is split across OpenMP threads; each output element is computed by
  * exactly one thread in a fixed order, so results do not depend on the thread count.
  *
- * Plain C with no Python or torch headers: loaded with ctypes (see gptoss/ops/cpu.py).
  * Scales decode as 2^(s - 127) in float32 like the reference: s = 255 (NaN in OCP MX) gives inf.
  */
 
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "common.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#if defined(__x86_64__) || defined(__i386__)
-#define GPTOSS_X86 1
-#include <immintrin.h>
-#endif
-
-#define IMPL_AUTO 0
-#define IMPL_SCALAR 1
-#define IMPL_AVX2 2
-
-/* Bytes of activations kept hot in L2 while a decoded row is reused across tokens. */
-#define X_CHUNK_BYTES (256 * 1024)
 
 static const float FP4[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
                               -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
@@ -99,8 +82,6 @@ static void rows_scalar(const float *x, int64_t n, const uint8_t *blocks, const 
  * token's result is the same in any batch of one or two tokens and in any batch of three or more
  * (the two kernels round differently, by about one float32 ulp of the sum).
  */
-#define TARGET __attribute__((target("avx2,fma")))
-#define INLINE static inline __attribute__((always_inline, target("avx2,fma")))
 
 /* Top byte (sign + 7 exponent bits) and next byte of the float32 bit pattern of FP4[code]. */
 #define LUT_HI 0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, \
@@ -178,84 +159,43 @@ TARGET static void rows_avx2_direct(const float *x, int64_t n, const uint8_t *bl
     }
 }
 
-/* Decode rows [r, r + nr) into w (row-major, K floats each), scales applied. */
-INLINE void decode_rows(const uint8_t *blocks, const uint8_t *scales, int64_t r, int nr, int64_t G, float *w) {
-    for (int i = 0; i < nr; i++)
+/* Rows [r, r + nr) (nr <= PANEL) decoded, scales applied, into the k-major panel P[K][PANEL] in
+ * decode16's element order (PERM within each block); rows past nr are zero. */
+TARGET static void panel_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t r, int nr, int64_t G,
+                               float *P) {
+    float S[8][32];
+    for (int half = 0; half < PANEL / 8; half++) {
+        const int base = half * 8;
         for (int64_t g = 0; g < G; g++) {
-            __m256 v[4];
-            decode16(blocks + ((r + i) * G + g) * 16, v);
-            const __m256 s = _mm256_broadcast_ss(&SCALE[scales[(r + i) * G + g]]);
-            float *o = w + (i * G + g) * 32;
-            _mm256_storeu_ps(o, _mm256_mul_ps(v[0], s));
-            _mm256_storeu_ps(o + 8, _mm256_mul_ps(v[1], s));
-            _mm256_storeu_ps(o + 16, _mm256_mul_ps(v[2], s));
-            _mm256_storeu_ps(o + 24, _mm256_mul_ps(v[3], s));
-        }
-}
-
-/* RT decoded rows x NT tokens (RT <= 4, NT <= 3): plain FMAs, 12 accumulators in registers. */
-INLINE void tile_buffered(const float *w, const float *x, int64_t K, float *y, int64_t R, const int RT,
-                          const int NT) {
-    __m256 acc[4][3];
-    for (int i = 0; i < RT; i++)
-        for (int t = 0; t < NT; t++) acc[i][t] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-        __m256 xv[3];
-        for (int t = 0; t < NT; t++) xv[t] = _mm256_loadu_ps(x + t * K + k);
-        for (int i = 0; i < RT; i++) {
-            const __m256 wv = _mm256_loadu_ps(w + i * K + k);
-            for (int t = 0; t < NT; t++) acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
-        }
-    }
-    for (int i = 0; i < RT; i++)
-        for (int t = 0; t < NT; t++) y[t * R + i] = reduce(acc[i][t]);
-}
-
-/* One function per tile shape, so that each gets its own register allocation (inlined into one
- * function, gcc spills the accumulators). */
-#define DEFINE_TILE(rt, nt)                                                                          \
-    TARGET __attribute__((noinline)) static void tile_##rt##x##nt(const float *w, const float *x, \
-                                                                   int64_t K, float *y, int64_t R) { \
-        tile_buffered(w, x, K, y, R, rt, nt);                                                        \
-    }
-DEFINE_TILE(4, 3) DEFINE_TILE(4, 2) DEFINE_TILE(4, 1)
-DEFINE_TILE(3, 3) DEFINE_TILE(3, 2) DEFINE_TILE(3, 1)
-DEFINE_TILE(2, 3) DEFINE_TILE(2, 2) DEFINE_TILE(2, 1)
-DEFINE_TILE(1, 3) DEFINE_TILE(1, 2) DEFINE_TILE(1, 1)
-
-#define TILE_CASE(rt, nt) \
-    case (rt) * 4 + (nt): tile_##rt##x##nt(w, xt, K, yt, R); break;
-
-/* Three or more tokens: decode four rows at a time into w, then use them for a chunk of tokens
- * whose activations stay in L2 (rows are decoded again for each further chunk). */
-TARGET static void rows_avx2_buffered(const float *x, int64_t n, const uint8_t *blocks, const uint8_t *scales,
-                                      float *y, int64_t r0, int64_t r1, int64_t R, int64_t G, float *w) {
-    const int64_t K = G * 32;
-    int64_t chunk = X_CHUNK_BYTES / (K * (int64_t)sizeof(float));
-    chunk = chunk < 3 ? 3 : chunk - chunk % 3;
-    for (int64_t t0 = 0; t0 < n; t0 += chunk) {
-        const int64_t t1 = t0 + chunk < n ? t0 + chunk : n;
-        for (int64_t r = r0; r < r1; r += 4) {
-            const int nr = r1 - r >= 4 ? 4 : (int)(r1 - r);
-            decode_rows(blocks, scales, r, nr, G, w);
-            for (int64_t t = t0; t < t1; t += 3) {
-                const int nt = t1 - t >= 3 ? 3 : (int)(t1 - t);
-                const float *xt = x + t * K;
-                float *yt = y + t * R + r;
-                switch (nr * 4 + nt) {
-                    TILE_CASE(4, 3) TILE_CASE(4, 2) TILE_CASE(4, 1)
-                    TILE_CASE(3, 3) TILE_CASE(3, 2) TILE_CASE(3, 1)
-                    TILE_CASE(2, 3) TILE_CASE(2, 2) TILE_CASE(2, 1)
-                    TILE_CASE(1, 3) TILE_CASE(1, 2) TILE_CASE(1, 1)
+            for (int i = 0; i < 8; i++) {
+                if (base + i < nr) {
+                    const int64_t row = r + base + i;
+                    __m256 q[4];
+                    decode16(blocks + (row * G + g) * 16, q);
+                    const __m256 sc = _mm256_broadcast_ss(&SCALE[scales[row * G + g]]);
+                    for (int j = 0; j < 4; j++) _mm256_storeu_ps(S[i] + 8 * j, _mm256_mul_ps(q[j], sc));
+                } else {
+                    for (int j = 0; j < 4; j++) _mm256_storeu_ps(S[i] + 8 * j, _mm256_setzero_ps());
                 }
+            }
+            for (int j = 0; j < 4; j++) {
+                __m256 v[8];
+                for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(S[i] + 8 * j);
+                transpose8(v);
+                float *Pk = P + (g * 32 + 8 * j) * PANEL + base;
+                for (int l = 0; l < 8; l++) _mm256_storeu_ps(Pk + l * PANEL, v[l]);
             }
         }
     }
 }
 
-static int have_avx2_fma(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+int gptoss_have_avx2_fma(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return cached;
 }
 
 /* x [n, K] -> the element order decode16 produces (PERM within each block of 32). */
@@ -264,11 +204,11 @@ static void permute_x(const float *x, float *xp, int64_t count) {
         for (int j = 0; j < 32; j++) xp[i + j] = x[i + PERM[j]];
 }
 #else
-static int have_avx2_fma(void) { return 0; }
+int gptoss_have_avx2_fma(void) { return 0; }
 #endif
 
 /* 1 if the AVX2 + FMA path can run on this CPU. */
-int gptoss_mxfp4_has_avx2(void) { return have_avx2_fma(); }
+int gptoss_mxfp4_has_avx2(void) { return gptoss_have_avx2_fma(); }
 
 /* 1 if this object was built with OpenMP (so nthreads > 1 has an effect). */
 int gptoss_mxfp4_has_openmp(void) {
@@ -290,7 +230,7 @@ int gptoss_mxfp4_has_openmp(void) {
 int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uint8_t *scales, float *y,
                                 int64_t ngroups, const int64_t *experts, const int64_t *counts, int64_t R,
                                 int64_t G, int nthreads, int impl) {
-    const int use = impl != IMPL_SCALAR && have_avx2_fma() ? IMPL_AVX2 : IMPL_SCALAR;
+    const int use = impl != IMPL_SCALAR && gptoss_have_avx2_fma() ? IMPL_AVX2 : IMPL_SCALAR;
     int64_t total = 0, most = 0;
     for (int64_t i = 0; i < ngroups; i++) {
         total += counts[i];
@@ -302,32 +242,43 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
         return use;
     }
     const int64_t K = G * 32;
-    int64_t *offsets = (int64_t *)malloc((size_t)ngroups * sizeof(int64_t));
+    /* offsets: first row of each group; tiles: first packed token tile of each group (prefill). */
+    int64_t *offsets = (int64_t *)malloc((size_t)(2 * ngroups) * sizeof(int64_t));
     if (offsets == NULL) return -1;
-    for (int64_t i = 0, off = 0; i < ngroups; off += counts[i], i++) offsets[i] = off;
-    float *xp = NULL;
+    int64_t *tiles = offsets + ngroups, ntiles = 0;
+    for (int64_t i = 0, off = 0; i < ngroups; off += counts[i], i++) {
+        offsets[i] = off;
+        tiles[i] = ntiles;
+        if (counts[i] > 2) ntiles += (counts[i] + MR - 1) / MR;
+    }
+    float *xp = NULL, *X = NULL;
 #ifdef GPTOSS_X86
     if (use == IMPL_AVX2) {
         xp = (float *)malloc((size_t)(total * K) * sizeof(float));
-        if (xp == NULL) {
+        X = ntiles ? (float *)malloc((size_t)(ntiles * MR * K) * sizeof(float)) : NULL;
+        if (xp == NULL || (ntiles && X == NULL)) {
+            free(xp);
+            free(X);
             free(offsets);
             return -1;
         }
         permute_x(x, xp, total * K);
         x = xp;
+        for (int64_t i = 0; i < ngroups; i++)
+            if (counts[i] > 2) gptoss_pack_tokens(x + offsets[i] * K, counts[i], K, X + tiles[i] * MR * K);
     }
 #endif
     if (nthreads < 1) nthreads = 1;
     /* Several row ranges per thread and group, so threads stay balanced (also when another
-     * process holds a core); a multiple of 12 rows (whole tiles of both AVX2 kernels). */
+     * process holds a core); a multiple of PANEL rows (whole panels and direct tiles). */
     int64_t rows_per_task = R * ngroups / ((int64_t)nthreads * 8);
-    rows_per_task = rows_per_task < 12 ? 12 : rows_per_task - rows_per_task % 12;
+    rows_per_task = rows_per_task < PANEL ? PANEL : rows_per_task - rows_per_task % PANEL;
     if (rows_per_task > R) rows_per_task = R;
     const int64_t per_group = (R + rows_per_task - 1) / rows_per_task;
     const int64_t tasks = per_group * ngroups;
     if (tasks < nthreads) nthreads = (int)tasks;
     const int needs_rows = use == IMPL_SCALAR || most > 2;
-    const size_t row_floats = (size_t)(use == IMPL_SCALAR ? 1 : 4) * (size_t)K;
+    const size_t row_floats = use == IMPL_SCALAR ? (size_t)K : (size_t)K * PANEL;
     int failed = 0;
 
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
@@ -341,7 +292,7 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
         for (int64_t task = 0; task < tasks; task++) {
             const int64_t i = task / per_group;
             const int64_t n = counts[i];
-            if ((needs_rows && w == NULL) || n <= 0) continue;
+            if (n <= 0 || (w == NULL && (use == IMPL_SCALAR || n > 2))) continue;
             const int64_t r0 = task % per_group * rows_per_task;
             const int64_t r1 = r0 + rows_per_task < R ? r0 + rows_per_task : R;
             const float *xi = x + offsets[i] * K;
@@ -350,10 +301,18 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
             const uint8_t *si = scales + experts[i] * R * G;
 #ifdef GPTOSS_X86
             if (use == IMPL_AVX2) {
-                if (n <= 2)
+                if (n <= 2) {
                     rows_avx2_direct(xi, n, bi, si, yi, r0, r1, R, G);
-                else
-                    rows_avx2_buffered(xi, n, bi, si, yi, r0, r1, R, G, w);
+                } else {
+                    const float *Xi = X + tiles[i] * MR * K;
+                    for (int64_t r = r0; r < r1; r += PANEL) {
+                        const int nr = r1 - r >= PANEL ? PANEL : (int)(r1 - r);
+                        panel_mxfp4(bi, si, r, nr, G, w);
+                        for (int64_t t = 0; t < n; t += MR)
+                            gptoss_panel_tile(w, Xi + t * K, K, yi + t * R + r, R, n - t >= MR ? MR : (int)(n - t),
+                                              nr);
+                    }
+                }
                 continue;
             }
 #endif
@@ -361,6 +320,7 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
         }
         free(w);
     }
+    free(X);
     free(xp);
     free(offsets);
     return failed ? -1 : use;
