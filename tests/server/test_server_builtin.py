@@ -183,3 +183,20 @@ def test_unknown_model_and_body_limit(make_client):
             yield b" " * 500
     r = client.post("/v1/responses", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_real_python_tool_through_the_server(make_client):
+    """The real PythonTool (made by tools.builtin from the serve options), its trained description in the
+    system message, its output in the code_interpreter_call item; the interpreter is closed afterwards."""
+    from gptoss.tools.builtin import BuiltinOptions
+
+    opts = BuiltinOptions(python=True, unsafe_python=True)  # no sandbox needed for print(6*7)
+    client, engine = make_client(StubEngine([PYTHON, SAID]), builtin=opts)
+    body = client.post("/v1/responses", json={"model": "m", "input": "6*7?", "store": False,
+                                              "tools": [{"type": "code_interpreter"}]}).json()
+    assert body["status"] == "completed", body
+    call = body["output"][0]
+    assert call["type"] == "code_interpreter_call" and call["outputs"][0]["logs"].strip() == "42"
+    assert "stateful" in decode(engine.prompts[0]) and "## python" in decode(engine.prompts[0])
+    r = client.post("/v1/responses", json={"model": "m", "input": "x", "tools": [{"type": "web_search"}]})
+    assert r.status_code == 400 and "--browser" in r.json()["error"]["message"]

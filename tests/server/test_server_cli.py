@@ -18,8 +18,15 @@ def test_defaults_are_loopback():
     assert not _is_loopback("0.0.0.0")
 
 
-@pytest.mark.parametrize("argv", [["--port", "0"], ["--max-queue", "-1"], []])
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--max-queue", "-1"], [], ["--browser", "web"],
+                                  ["--web-allow", "example.org"]])
 def test_errors_are_one_line(tmp_path, capsys, argv):
     assert main(["serve", "--model", str(tmp_path / "missing"), *argv]) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_builtin_and_batching_flags():
+    args = build_parser(["serve"]).parse_args(["serve", "--model", "M", "--python", "--max-batch", "4",
+                                                "--max-tool-calls", "3", "--max-body", "2"])
+    assert (args.python, args.browser, args.max_batch, args.max_tool_calls, args.max_body) == (True, None, 4, 3, 2)
