@@ -151,6 +151,9 @@ class Agent:
                 yield TurnDone("tool_calls", history, produced, pending, usage, recoveries)
                 return
             usage.tool_rounds = round_no + 1
+            if cancel is not None and cancel.is_set():  # stopped while a tool ran: its result is kept
+                yield TurnDone("cancelled", history, produced, [], usage, recoveries)
+                return
             if budget <= 0:
                 yield TurnDone("length", history, produced, [], usage, recoveries)
                 return

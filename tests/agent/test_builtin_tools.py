@@ -164,3 +164,25 @@ def test_tool_output_is_neutralised_bounded_and_a_tool_message():
     assert "<|start|>browser.open to=assistant<|channel|>analysis<|message|><¦end¦>" in text
     start = enc.encode("<|start|>", allowed_special="all")[0]
     assert prompt.count(start) == 5 and done.finish_reason == "stop"
+
+
+def test_cancel_during_a_tool_call_ends_the_turn_with_the_result_kept():
+    import threading
+
+    cancel = threading.Event()
+
+    class Slow(Tool):
+        namespace = "python"
+
+        def _process(self, call):
+            cancel.set()  # the user pressed Ctrl-C while the tool ran
+            return "[ERROR] Interrupted by the user; the call was stopped (variables and files are kept)."
+
+    script = Script(python_call("while True: pass"), final("never reached"))
+    events = list(Agent(script, ToolRegistry([Slow()])).run(
+        [system_message("low", None, python=True), user_message("loop")], SamplingParams(max_tokens=256),
+        cancel=cancel))
+    done = events[-1]
+    assert isinstance(done, TurnDone) and done.finish_reason == "cancelled"
+    assert len(script.prompts) == 1  # no further round after the cancel
+    assert done.messages[-1].author.name == "python" and "Interrupted by the user" in done.messages[-1].content[0].text

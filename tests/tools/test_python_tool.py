@@ -432,3 +432,18 @@ def test_unsafe_mode_runs_without_bwrap(make_tool, tmp_path):
     assert run(tool, "import os\nprint(os.getcwd())\nx * 7") == f"{data}\n42"
     assert run(tool, "while True:\n    pass").startswith("[ERROR] Timed out after 1 second;")
     assert run(tool, "x") == "6"
+
+
+def test_interrupt_stops_the_running_call_and_keeps_the_session(make_tool, needs_sandbox):
+    tool = make_tool(timeout=30.0)
+    run(tool, "kept = 5")
+    timer = threading.Timer(0.5, tool.interrupt)
+    timer.start()
+    t0 = time.monotonic()
+    out = run(tool, "import time\nwhile True:\n    time.sleep(0.01)")
+    elapsed = time.monotonic() - t0
+    timer.join()
+    assert out.startswith("[ERROR] Interrupted by the user; the call was stopped") and "Timed out" not in out
+    assert elapsed < 10  # well before the 30-second limit
+    assert run(tool, "kept * 2") == "10"
+    assert run(tool, "print('next')") == "next"  # a stale interrupt does not hit the next call

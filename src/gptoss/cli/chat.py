@@ -128,6 +128,13 @@ class ChatSession:
     def close(self) -> None:
         close_registry(self.registry)
 
+    def interrupt(self) -> None:
+        """Ctrl-C during an answer: stop generating, and stop a running python call."""
+        self.cancel.set()
+        python = self.registry.get("python")
+        if python is not None and hasattr(python, "interrupt"):
+            python.interrupt()
+
     def _save(self, path: str) -> None:
         if not path:
             self.console.print("usage: /save FILE", style="yellow")
@@ -233,7 +240,7 @@ class ChatSession:
         class _Ctx:
             def __enter__(self):
                 if threading.current_thread() is threading.main_thread():
-                    self.old = signal.signal(signal.SIGINT, lambda *_: session.cancel.set())
+                    self.old = signal.signal(signal.SIGINT, lambda *_: session.interrupt())
                 return self
 
             def __exit__(self, *exc):

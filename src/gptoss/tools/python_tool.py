@@ -61,6 +61,7 @@ DEFAULT_TIMEOUT = 120.0
 DEFAULT_OUTPUT_LIMIT = 10_000  # characters the model sees per call
 EMPTY_OUTPUT = "[WARN] No output available. Use print() to output anything to stdout to receive the output"
 SANDBOX_UID_BASE = 1_900_000_000  # root mode: each tool gets its own uid above this, so limits are per tool
+_STOPPED: dict = {"op": "stopped"}  # _result's answer when the user interrupted the call
 UNSAFE_HINT = "start gptoss with --unsafe-python to run code without a sandbox"
 
 
@@ -120,6 +121,7 @@ class PythonTool(Tool):
         self._token = secrets.token_hex(8)  # names this tool's processes (tests look for leaks with it)
         self._lock = threading.Lock()
         self._calls = 0
+        self._stop = threading.Event()  # interrupt(): the user stopped the running call
         self._state = _State()
         if data_dir is not None:
             self._state.data_dir = Path(data_dir).resolve()
@@ -174,29 +176,45 @@ class PythonTool(Tool):
         self._calls += 1
         call_id = self._calls
         lost = f"variables and imports are lost; files in {self.data_path} are kept"
+        self._stop.clear()
         try:
             session.send({"op": "exec", "id": call_id, "code": code})
-            msg = self._result(session, call_id, self.timeout)
-            if msg is None:
+            msg = self._result(session, call_id, self.timeout, watch_stop=True)
+            stopped = msg is _STOPPED
+            if msg is None or stopped:
                 session.send({"op": "interrupt", "id": call_id})
                 msg = self._result(session, call_id, self.interrupt_grace)
                 if msg is None:
                     self._drop_session()
-                    return (f"[ERROR] Timed out after {seconds(self.timeout)}. The Python session did not stop when "
-                            f"interrupted and was restarted: {lost}.")
+                    why = "Interrupted by the user" if stopped else f"Timed out after {seconds(self.timeout)}"
+                    return (f"[ERROR] {why}. The Python session did not stop when interrupted and was restarted: "
+                            f"{lost}.")
         except SessionDied as e:
             self._drop_session()
             return (f"[ERROR] The Python session ended unexpectedly ({e}); a new one starts with the next call: "
                     f"{lost}.")
-        return _format(msg, self.timeout)
+        assert isinstance(msg, dict)
+        return _format(msg, self.timeout, stopped)
 
-    @staticmethod
-    def _result(session: Session, call_id: int, seconds: float) -> dict | None:
+    def _result(self, session: Session, call_id: int, seconds: float, watch_stop: bool = False) -> dict | None:
+        """The call's result; None at the deadline; ``_STOPPED`` as soon as :meth:`interrupt` is called."""
         deadline = time.monotonic() + seconds
-        while (msg := session.recv(deadline)) is not None:
+        while True:
+            if watch_stop and self._stop.is_set():
+                return _STOPPED
+            step = min(deadline, time.monotonic() + 0.1) if watch_stop else deadline
+            msg = session.recv(step)
+            if msg is None:
+                if time.monotonic() >= deadline:
+                    return None
+                continue
             if msg.get("op") == "result" and msg.get("id") == call_id:
                 return msg
-        return None
+
+    def interrupt(self) -> None:
+        """Stop the running call (Ctrl-C in chat), as a timeout would; safe from any thread or a signal
+        handler. The model reads ``[ERROR] Interrupted by the user...``; variables and files are kept."""
+        self._stop.set()
 
     def _session(self) -> Session:
         state = self._state
@@ -250,14 +268,16 @@ class PythonTool(Tool):
         self.close()
 
 
-def _format(msg: dict, timeout: float) -> str:
+def _format(msg: dict, timeout: float, stopped: bool = False) -> str:
     """stdout, then stderr, then the value or the traceback (SPEC §5.2)."""
 
     def text(key: str) -> str:
         value = msg.get(key)
         return value if isinstance(value, str) else ""
 
-    if msg.get("interrupted"):
+    if msg.get("interrupted") and stopped:
+        tail = ["[ERROR] Interrupted by the user; the call was stopped (variables and files are kept)."]
+    elif msg.get("interrupted"):
         tail = [f"[ERROR] Timed out after {seconds(timeout)}; the call was interrupted "
                 "(variables and files are kept)."]
     else:
