@@ -25,9 +25,13 @@ class Model:
 
     @classmethod
     def load(cls, path: str | Path, dtype: str | torch.dtype = "bfloat16",
-             device: str | torch.device = "cpu") -> Model:
+             device: str | torch.device = "cpu", quantize: str = "none") -> Model:
+        """Load a checkpoint. ``quantize="int8"`` stores the attention projections and the
+        unembedding as int8 rows with float32 scales (CPU; see :mod:`gptoss.weights.quantize`)."""
+        from gptoss.weights.quantize import quantize_transformer
+
         model, ckpt = load_transformer(path, dtype, device)
-        return cls(model, ckpt)
+        return cls(quantize_transformer(model, quantize), ckpt)
 
     @property
     def config(self) -> ModelConfig:
