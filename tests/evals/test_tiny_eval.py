@@ -175,8 +175,8 @@ def test_eval_cli_oracle(tmp_path, capsys):
     assert all(r["score"] == 1.0 for r in data["rows"].values()) and len(data["runs"]) == 2 * len(FAMILIES)
     printed = capsys.readouterr().out
     assert "well_formed" in printed and "effort" in printed
-    with pytest.raises(ValueError, match="--model PATH or --oracle"):
-        eval_cli.run(_eval_args("tiny"))
+    with pytest.raises(ValueError, match="--model PATH or --oracle, not both"):
+        eval_cli.run(_eval_args("tiny", "--oracle", "--model", "x"))
 
 
 def test_eval_cli_model(tiny_checkpoint, tmp_path, capsys):

@@ -19,7 +19,8 @@ cited an opened page), json (valid against the schema, values copied), effort (m
 length low < medium < high). browser_fact and chat are shown without a target.
 
 examples:
-  gptoss eval tiny --model runs/tiny/model --n 200 --json eval.json
+  gptoss eval tiny --n 200 --json eval.json              # the bundled gpt-oss-tiny
+  gptoss eval tiny --model runs/tiny/model --n 200
   gptoss eval tiny --oracle --n 50          # replays the corpus answers: every row must be 100%
 """
 
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="Score a model on held-out gpt-oss-tiny corpus prompts (harmony, tools, "
                                    "structured output, reasoning effort).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--model", metavar="PATH", help="checkpoint directory")
+    t.add_argument("--model", metavar="PATH", help="checkpoint directory (default: the bundled gpt-oss-tiny)")
     t.add_argument("--oracle", action="store_true",
                    help="replay the corpus's own answers instead of a model (a self-check of the harness)")
     t.add_argument("--n", type=positive_int, default=200, help="held-out tasks per family (default: %(default)s)")
@@ -62,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.suite != "tiny":  # pragma: no cover - argparse only offers tiny
         raise ValueError(f"unknown eval suite {args.suite!r}")
-    if bool(args.model) == bool(args.oracle):
-        raise ValueError("give either --model PATH or --oracle")
+    if args.model and args.oracle:
+        raise ValueError("give either --model PATH or --oracle, not both")
     params = SamplingParams(args.max_tokens, args.temperature, seed=args.sample_seed)
     tasks = heldout_tasks(args.n, args.seed)
     kept = None
@@ -72,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
         label = "oracle (corpus answers)"
     else:
         import gptoss
+        from gptoss.models import resolve_model
 
+        args.model = resolve_model(args.model)
         model = gptoss.load(args.model, dtype=args.dtype, device=args.device)
         runs = run_tasks_batched(tasks, model.transformer, params, args.batch_size)
         kept = model.config.kept_token_ids
