@@ -47,10 +47,13 @@ class _RowCache:
                keep: torch.Tensor) -> None:
         """Scatter tokens whose ``keep`` is true into ``slot(index)``; the rest go to scratch."""
         slots = self.slot(index).masked_fill(~keep, self.capacity)  # (B, T)
-        idx = slots[:, :, None, None].expand_as(k)
-        self.k.scatter_(1, idx, k.to(self.k.dtype))
-        self.v.scatter_(1, idx, v.to(self.v.dtype))
-        self.pos.scatter_(1, slots, pos.masked_fill(~keep, -1))
+        # index_copy_ on the flattened (row, slot) axis: scatter_ copies the whole cache on CPU
+        # (milliseconds per layer at a few thousand slots). Duplicate targets are scratch only.
+        b, t = slots.shape
+        flat = (slots + torch.arange(b, device=slots.device)[:, None] * self.k.shape[1]).reshape(-1)
+        self.k.view(-1, *self.k.shape[2:]).index_copy_(0, flat, k.reshape(b * t, *k.shape[2:]).to(self.k.dtype))
+        self.v.view(-1, *self.v.shape[2:]).index_copy_(0, flat, v.reshape(b * t, *v.shape[2:]).to(self.v.dtype))
+        self.pos.view(-1).index_copy_(0, flat, pos.masked_fill(~keep, -1).reshape(-1))
         self.pos[:, self.capacity] = -1
 
     def slot(self, index: torch.Tensor) -> torch.Tensor:
