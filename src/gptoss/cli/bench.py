@@ -95,7 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for action in p._actions:  # --model or --preset: the shared --model argument becomes optional here
         if "--model" in action.option_strings:
             action.required = False
-            action.help = "checkpoint directory (or use --preset)"
+            action.default = None  # not resolved to the bundled model when --preset is given
+            action.help = "checkpoint directory (default: the bundled gpt-oss-tiny; or use --preset)"
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="benchmark a random checkpoint of this shape, written once into the cache "
                         "(20b: 13.8 GB, ~10 min); runs the full suite unless sizes are given")
@@ -353,9 +354,9 @@ def run(args: argparse.Namespace) -> int:
         path = preset_checkpoint(args.preset, args.layers, "hf" if args.compare_transformers else "original",
                                  args.seed)
     else:
-        from gptoss.models import resolve_model
+        from gptoss.models import default_model_path
 
-        path = Path(resolve_model(args.model))
+        path = Path(args.model) if args.model else default_model_path()
     if args.threads:
         torch.set_num_threads(args.threads)
 
