@@ -169,23 +169,41 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(0, 199998, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@needs_kernel
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_int8_model_cpu_equals_reference_and_stays_close_to_full_precision(tiny_checkpoint: Path, dtype: str) -> None:
-    ids = _ids(37, 3)
-    full = gptoss.load(tiny_checkpoint, dtype=dtype).logits(ids)
-    model = gptoss.load(tiny_checkpoint, dtype=dtype)
+def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().amax(-1) / b.abs().amax(-1)
+
+
+def _int8_model(path: Path, dtype: str) -> gptoss.Model:
+    model = gptoss.load(path, dtype=dtype)
     quantize_transformer(model.transformer, "int8")
+    return model
+
+
+@needs_kernel
+def test_int8_model_cpu_equals_reference_and_stays_close_to_full_precision(tiny_checkpoint: Path) -> None:
+    ids = _ids(37, 3)
+    full = gptoss.load(tiny_checkpoint, dtype="float32").logits(ids)
+    model = _int8_model(tiny_checkpoint, "float32")
     ref = model.logits(ids, chunk=16)  # reference ops on the int8 model
     ops.select_backend("cpu")
-    got = model.logits(ids, chunk=16)
-    step = model.logits(ids[:12], chunk=1)  # decoding one token at a time
-    rel = (got - ref).abs().amax(-1) / ref.abs().amax(-1)
-    assert float(rel.max()) < (TOL if dtype == "float32" else 5e-2)
-    rel = (step - ref[:12]).abs().amax(-1) / ref[:12].abs().amax(-1)
-    assert float(rel.max()) < (TOL if dtype == "float32" else 5e-2)
-    drift = (ref - full).abs().amax(-1) / full.abs().amax(-1)  # the int8 format's own cost: small, not zero
+    assert float(_rel(model.logits(ids, chunk=16), ref).max()) < TOL
+    assert float(_rel(model.logits(ids[:12], chunk=1), ref[:12]).max()) < TOL  # one token at a time
+    drift = _rel(ref, full)  # the int8 format's own cost: small, not zero
     assert 0 < float(drift.max()) < 0.5
+
+
+@needs_kernel
+def test_int8_bf16_model_cpu_as_accurate_as_reference(tiny_checkpoint: Path) -> None:
+    """bf16 rounding (and, on a random model, a router tie) differs between backends, so both are
+    scored against the float32 int8 model."""
+    ids = _ids(37, 4)
+    truth = _int8_model(tiny_checkpoint, "float32").logits(ids)
+    model = _int8_model(tiny_checkpoint, "bfloat16")
+    ref = _rel(model.logits(ids, chunk=16), truth)
+    ops.select_backend("cpu")
+    for chunk in (16, 1):
+        got = _rel(model.logits(ids, chunk=chunk), truth)
+        assert float(got.mean()) <= 1.5 * float(ref.mean()) + 1e-3, chunk
 
 
 def test_quantize_rejects_unknown_mode(tiny_checkpoint: Path) -> None:

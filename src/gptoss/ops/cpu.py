@@ -44,14 +44,14 @@ from pathlib import Path
 import torch
 
 from gptoss.ops import reference
-from gptoss.ops.reference import ExpertWeight, LinearWeight, swiglu
+from gptoss.ops.reference import ExpertWeight, LinearWeight
 from gptoss.weights.fingerprint import cache_dir as gptoss_cache_dir
 
 __all__ = ["KernelUnavailable", "attention", "available", "kernel_info", "linear", "load_kernel", "moe",
            "mxfp4_matmul", "rms_norm"]
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("mxfp4_matmul.c", "dense.c", "attention.c")  # compiled together into one object
+SOURCES = ("mxfp4_matmul.c", "dense.c", "attention.c", "moe.c")  # compiled together into one object
 HEADERS = ("common.h",)
 # No -march: the AVX2 code is selected at run time, so a cached object runs on any x86-64 CPU.
 CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fno-strict-aliasing")
@@ -178,6 +178,9 @@ class _Kernel:
         self._attention.argtypes = [p, i64, i64, i64, i64, i64, p, p, i32, i64, i64, i64, p, i64, p, p, i64, f32, p,
                                     i32, i32]
         self._attention.restype = i32
+        self._moe = lib.gptoss_moe
+        self._moe.argtypes = [p, i32, i64, i64, p, p, i32, i64, i64, p, p, p, p, p, p, i32, i64, f32, f32, p, i32, i32]
+        self._moe.restype = i32
         self._rope = lib.gptoss_rope
         self._rope.argtypes = [p, i32, i64, i64, i64, i64, p, p]
         self._rope.restype = None
@@ -314,9 +317,11 @@ def moe(
 ) -> torch.Tensor:
     """:func:`gptoss.ops.reference.moe` with packed experts multiplied by the C kernel.
 
-    The (token, expert) pairs are sorted by expert (tokens in order within an expert, as the
-    reference visits them), so each selected expert's packed weights are read once per call
-    whatever the token count, and each projection is one kernel call for all experts.
+    The whole block is one C call (``csrc/moe.c``): routing, the (token, expert) pairs sorted by
+    expert (tokens in order within an expert, as the reference visits them), so each selected
+    expert's packed weights are read once per call whatever the token count, one grouped product
+    per projection for all experts, the SwiGLU and the weighted sum, rounded where the reference
+    rounds.
     """
     if (not isinstance(w1, tuple) or not isinstance(w2, tuple) or x.device.type != "cpu"
             or _needs_grad(x, router_w, router_b, b1, b2) or not available()):
@@ -326,34 +331,27 @@ def moe(
     (blocks1, scales1), (blocks2, scales2) = w1, w2
     for blocks, scales in w1, w2:
         _check_packed(blocks, scales, experts=True)
-    if blocks1.shape[-2] * 32 != x.shape[-1] or blocks2.shape[-3] != x.shape[-1]:
+    if (blocks1.shape[-2] * 32 != x.shape[-1] or blocks2.shape[-3] != x.shape[-1]
+            or blocks1.shape[-3] != 2 * blocks2.shape[-2] * 32):
         raise ValueError(f"expert shapes {tuple(blocks1.shape)}, {tuple(blocks2.shape)} do not fit x {tuple(x.shape)}")
     blocks1, scales1, blocks2, scales2 = (t.contiguous() for t in (blocks1, scales1, blocks2, scales2))
 
-    # reference.route with the router product in C (torch's bf16 addmm takes milliseconds for one token)
-    top, idx = torch.topk(linear(x, router_w, router_b), top_k, dim=-1, sorted=True)  # (N, k)
-    weights = torch.softmax(top.float(), dim=-1)
-    flat = idx.reshape(-1)
-    order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert, tokens ascending
-    expert_of = flat[order]
-    experts, counts = torch.unique_consecutive(expert_of, return_counts=True)
-    rows = order // top_k  # the token of each pair
-    h = x.float().index_select(0, rows)  # (P, H), P = N * k
-    u = torch.empty(h.shape[0], blocks1.shape[-3], dtype=torch.float32)
-    k.grouped(h, blocks1, scales1, experts, counts, u, threads, impl)
-    # Biases are added in float32 and results rounded to x's dtype where the reference's linear rounds.
-    u = u.add_(b1.index_select(0, expert_of)).to(x.dtype)
-    a = swiglu(u, limit, alpha).float().contiguous()
-    y = torch.empty(h.shape[0], blocks2.shape[-3], dtype=torch.float32)
-    k.grouped(a, blocks2, scales2, experts, counts, y, threads, impl)
-    # mlp2 bias is added per expert before the routing weight scales it (SPEC §1.5.4).
-    y = y.add_(b2.index_select(0, expert_of)).to(x.dtype).float()
-    y = y.mul_(weights.reshape(-1).index_select(0, order)[:, None])
-    # Back to (token, slot) order and summed over the slots (torch's index_add_ is slow here:
-    # milliseconds for a handful of rows). Only the order of the k-term sum differs from the reference.
-    unsorted = torch.empty_like(y)
-    unsorted.index_copy_(0, order, y)
-    return unsorted.view(x.shape[0], top_k, -1).sum(1).to(x.dtype)
+    dt = x.dtype
+    if (dt not in _FLOAT or router_w.dtype != dt or router_b.dtype != dt or b1.dtype != b2.dtype
+            or b1.dtype not in _FLOAT):
+        return reference.moe(x, router_w, router_b, w1, b1, w2, b2, top_k, limit, alpha)
+    xc = x.contiguous()
+    rw, rb, c1, c2 = router_w.contiguous(), router_b.contiguous(), b1.contiguous(), b2.contiguous()
+    out = torch.empty_like(xc)
+    rc = k._moe(xc.data_ptr(), _TYPES[dt], x.shape[0], x.shape[1], rw.data_ptr(), rb.data_ptr(), _TYPES[dt],
+                rw.shape[0], top_k, blocks1.data_ptr(), scales1.data_ptr(), c1.data_ptr(), blocks2.data_ptr(),
+                scales2.data_ptr(), c2.data_ptr(), _TYPES[c1.dtype], blocks2.shape[-2] * 32, limit, alpha,
+                out.data_ptr(), threads, impl)
+    if rc == -2:
+        raise ValueError(f"moe: top_k {top_k} with {rw.shape[0]} experts, hidden {x.shape[1]}: unsupported shapes")
+    if rc < 0:
+        raise MemoryError("moe kernel: could not allocate its buffers")
+    return out
 
 
 _FLOAT = (torch.float32, torch.bfloat16)
