@@ -85,10 +85,11 @@ def test_escape_suite_through_the_agent(sandboxed, tmp_path):
         "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
         "write outside scratch": "open('/usr/gptoss-escape', 'w').write('x')",
         "read a secret": f"print(open({str(secret)!r}).read())",
-        "fork bomb": "import os\nwhile True:\n    os.fork()",
         "memory bomb": "hog = []\nwhile True:\n    hog.append(bytearray(256 << 20))",
-        "infinite loop": "while True:\n    pass",
         "huge output": "print('x' * 5_000_000)",
+        # the bomb's last children may still be spinning when the call returns: the loop's timeout clears them
+        "fork bomb": "import os\nwhile True:\n    os.fork()",
+        "infinite loop": "while True:\n    pass",
     }
     script = Script(python_call("kept = 41"), *(python_call(code) for code in attempts.values()),
                     python_call("print(kept + 1, 6 * 7)"), final("done"))
