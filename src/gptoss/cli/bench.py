@@ -299,10 +299,10 @@ def _bench_transformers(path: Path, prompts: list[list[int]], gen_tokens: int) -
             raise ValueError(f"transformers cannot load {hf_dir} (needs the Hugging Face layout): {e}") from None
     out: dict[str, Any] = {"version": __import__("transformers").__version__, "prefill": [], "decode": {}}
     with torch.inference_mode():
-        model(torch.tensor([prompts[0][:WARMUP_PROMPT_TOKENS]]))
+        model(torch.tensor([prompts[0][:WARMUP_PROMPT_TOKENS]]), logits_to_keep=1)
         for prompt in prompts:
             t0 = time.perf_counter()
-            model(torch.tensor([prompt]))
+            model(torch.tensor([prompt]), logits_to_keep=1)  # last position's logits only, as gptoss
             dt = time.perf_counter() - t0
             out["prefill"].append({"tokens": len(prompt), "seconds": dt, "tok_s": len(prompt) / dt})
         steps, seconds = gen_tokens - 1, 0.0

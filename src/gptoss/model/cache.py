@@ -59,6 +59,20 @@ class _RowCache:
     def slot(self, index: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _one(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> int | None:
+        """Decoding one row: the index of the single new token, or None to take the general path.
+        The general path costs a dozen small tensor ops per layer and token."""
+        if pos.shape != (1, 1) or self.k.shape[0] != 1:
+            return None
+        p = int(pos)
+        return int(self.lengths[0]) if p >= 0 else None
+
+    def _put(self, slot: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        self.k[0, slot] = k[0, 0]
+        self.v[0, slot] = v[0, 0]
+        self.pos[0, slot] = pos[0, 0]
+        self.lengths = self.lengths + 1
+
 
 class FullKVCache(_RowCache):
     """Growing cache: slot = token index within the row."""
@@ -82,6 +96,12 @@ class FullKVCache(_RowCache):
     def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Store new ``k, v: (B, T, Hkv, D)`` at ``pos: (B, T)``; return every cached key."""
+        i = self._one(k, v, pos)
+        if i is not None:
+            if i + 1 > self.capacity:
+                self._grow(i + 1)
+            self._put(i, k, v, pos)
+            return self.k[:, :i + 1], self.v[:, :i + 1], self.pos[:, :i + 1]
         valid = pos >= 0
         index = self.lengths[:, None] + valid.long().cumsum(1) - 1  # (B, T)
         new_len = self.lengths + valid.sum(1)
@@ -121,6 +141,10 @@ class SlidingKVCache(_RowCache):
         """Return the cached keys followed by the new ones (a prefill longer than the ring still
         sees all of its own keys), then keep only the newest ``capacity`` tokens."""
         cap = self.capacity
+        i = self._one(k, v, pos) if cap >= self.window else None
+        if i is not None:  # one token: written first, then the ring is its whole window (below)
+            self._put(i % cap, k, v, pos)
+            return self.k[:, :cap], self.v[:, :cap], self.pos[:, :cap]
         if k.shape[1] <= cap - self.window + 1:
             # Few new tokens (decoding): the keys they overwrite are older than every new query's
             # window, so write first and attend over the ring itself, in slot order, without a copy.

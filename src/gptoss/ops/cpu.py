@@ -175,8 +175,8 @@ class _Kernel:
         self._rms_norm.argtypes = [p, i32, p, f32, p, i64, i64]
         self._rms_norm.restype = None
         self._attention = lib.gptoss_attention
-        self._attention.argtypes = [p, i64, i64, i64, i64, i64, p, p, i32, i64, i64, i64, p, i64, p, p, i64, f32, p,
-                                    i32, i32]
+        self._attention.argtypes = [p, i32, i64, i64, i64, i64, i64, p, p, i32, i64, i64, i64, p, i64, p, p, i64, f32,
+                                    p, i32, i32]
         self._attention.restype = i32
         self._moe = lib.gptoss_moe
         self._moe.argtypes = [p, i32, i64, i64, p, p, i32, i64, i64, p, p, p, p, p, p, i32, i64, f32, f32, p, i32, i32]
@@ -358,8 +358,11 @@ _FLOAT = (torch.float32, torch.bfloat16)
 
 
 def _usable(*tensors: torch.Tensor) -> bool:
-    """Whether the C kernels may run: CPU tensors, no gradients wanted, the kernel builds."""
-    return all(t.device.type == "cpu" for t in tensors) and not _needs_grad(*tensors) and available()
+    """Whether the C kernels may run: CPU tensors, no gradients wanted, the kernel builds.
+    Called for every op, so the cheap tests come first."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.is_cpu for t in tensors) and (isinstance(_state["kernel"], _Kernel) or available())
 
 
 def linear(x: torch.Tensor, weight: LinearWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -378,7 +381,7 @@ def linear(x: torch.Tensor, weight: LinearWeight, bias: torch.Tensor | None = No
         raise ValueError(f"linear: x {tuple(x.shape)} does not fit weight {tuple(w.shape)}")
     x2 = x.reshape(-1, k).contiguous()
     out = torch.empty(x2.shape[0], r, dtype=x.dtype)
-    if wscale is not None:
+    if wscale is not None and (wscale.dtype != torch.float32 or not wscale.is_contiguous()):
         wscale = wscale.float().contiguous()
     load_kernel().linear(x2, w.contiguous(), wscale, None if bias is None else bias.contiguous(), out,
                          torch.get_num_threads(), IMPLS[_impl()])
@@ -419,13 +422,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Te
             or v.shape != k.shape or k.stride() != v.stride() or k.stride()[2:] != (d, 1)
             or k_pos.shape != (b, s) or k_pos.dtype != torch.int64 or not _usable(q, k, v, sinks, k_pos)):
         return reference.attention(q, k, v, sinks, q_pos, k_pos, window, scale)
-    qf = q.float().contiguous()
+    qc = q if q.is_contiguous() else q.contiguous()
     kp = k_pos if k_pos.stride(-1) == 1 else k_pos.contiguous()
-    qp = q_pos.to(torch.int64).contiguous()
-    out = torch.empty(b, t, hkv * g * d, dtype=torch.float32)
-    if load_kernel()._attention(qf.data_ptr(), b, t, hkv, g, d, k.data_ptr(), v.data_ptr(), _TYPES[k.dtype],
-                                k.stride(0), k.stride(1), s, kp.data_ptr(), kp.stride(0), qp.data_ptr(),
-                                sinks.float().contiguous().data_ptr(), window or 0, scale, out.data_ptr(),
+    qp = q_pos if q_pos.dtype == torch.int64 and q_pos.is_contiguous() else q_pos.to(torch.int64).contiguous()
+    sk = sinks if sinks.dtype == torch.float32 and sinks.is_contiguous() else sinks.float().contiguous()
+    out = torch.empty(b, t, hkv * g * d, dtype=q.dtype)
+    if load_kernel()._attention(qc.data_ptr(), _TYPES[q.dtype], b, t, hkv, g, d, k.data_ptr(), v.data_ptr(),
+                                _TYPES[k.dtype], k.stride(0), k.stride(1), s, kp.data_ptr(), kp.stride(0),
+                                qp.data_ptr(), sk.data_ptr(), window or 0, scale, out.data_ptr(),
                                 torch.get_num_threads(), IMPLS[_impl()]) < 0:
         raise MemoryError("attention kernel: could not allocate its buffers")
-    return out.to(q.dtype)
+    return out

@@ -113,10 +113,10 @@ static void head_scalar(const float *q, const void *k, const void *v, int type, 
 }
 
 /* Returns 0, or -1 when a buffer could not be allocated. */
-int gptoss_attention(const float *q, int64_t B, int64_t T, int64_t Hkv, int64_t G, int64_t D, const void *k,
-                     const void *v, int type, int64_t sb, int64_t ss, int64_t S, const int64_t *kpos, int64_t psb,
-                     const int64_t *qpos, const float *sinks, int64_t window, float scale, float *out, int nthreads,
-                     int impl) {
+int gptoss_attention(const void *q, int qtype, int64_t B, int64_t T, int64_t Hkv, int64_t G, int64_t D,
+                     const void *k, const void *v, int type, int64_t sb, int64_t ss, int64_t S, const int64_t *kpos,
+                     int64_t psb, const int64_t *qpos, const float *sinks, int64_t window, float scale, void *out,
+                     int nthreads, int impl) {
     const int avx2 = impl != IMPL_SCALAR && gptoss_have_avx2_fma() && D % 8 == 0 && D <= 256;
     const int64_t tasks = B * T * Hkv;
     if (tasks <= 0) return 0;
@@ -127,33 +127,36 @@ int gptoss_attention(const float *q, int64_t B, int64_t T, int64_t Hkv, int64_t 
     {
         int32_t *idx = (int32_t *)malloc((size_t)(S > 0 ? S : 1) * sizeof(int32_t));
         float *sc = (float *)malloc((size_t)(S > 0 ? S : 1) * (size_t)G * sizeof(float));
-        if (idx == NULL || sc == NULL) {
+        float *qf = (float *)malloc((size_t)(2 * G * D) * sizeof(float)); /* the query heads, then the output */
+        if (idx == NULL || sc == NULL || qf == NULL) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < tasks; task++) {
-            if (idx == NULL || sc == NULL) continue;
+            if (idx == NULL || sc == NULL || qf == NULL) continue;
             const int64_t b = task / (T * Hkv), t = task / Hkv % T, h = task % Hkv;
             const int64_t p = qpos[b * T + t];
-            float *o = out + ((b * T + t) * Hkv + h) * G * D;
+            const int64_t at = ((b * T + t) * Hkv + h) * G * D;
+            float *o = qf + G * D;
             int64_t nvis = 0;
             for (int64_t s = 0; s < S; s++) {
                 const int64_t kp = kpos[b * psb + s];
                 if (kp >= 0 && kp <= p && (window <= 0 || kp > p - window)) idx[nvis++] = (int32_t)s;
             }
-            const float *qh = q + ((b * T + t) * Hkv + h) * G * D;
+            to_f32((const char *)q + at * elem_size(qtype), qtype, qf, G * D);
             const int64_t off = b * sb + h * D;
 #ifdef GPTOSS_X86
-            if (avx2) {
-                head_avx2(qh, k, v, type, ss, off, idx, nvis, G, D, sinks + h * G, scale, sc, o);
-                continue;
-            }
+            if (avx2)
+                head_avx2(qf, k, v, type, ss, off, idx, nvis, G, D, sinks + h * G, scale, sc, o);
+            else
 #endif
-            head_scalar(qh, k, v, type, ss, off, idx, nvis, G, D, sinks + h * G, scale, sc, o);
+                head_scalar(qf, k, v, type, ss, off, idx, nvis, G, D, sinks + h * G, scale, sc, o);
+            from_f32(o, qtype, (char *)out + at * elem_size(qtype), G * D);
         }
         free(idx);
         free(sc);
+        free(qf);
     }
     return failed ? -1 : 0;
 }
