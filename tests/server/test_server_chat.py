@@ -132,6 +132,8 @@ def test_effort_spellings(make_client, spelling):
     ({"tools": [CHAT_TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": [{"role": "assistant", "content": "x", "tool_calls": 1}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "tool", "tool_call_id": ["x"], "content": "x"}]}, "messages[0].tool_call_id"),
 ])
 def test_bad_requests(make_client, payload, param):
     client, engine = make_client()

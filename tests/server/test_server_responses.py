@@ -201,11 +201,16 @@ def test_tool_choice_none_renders_no_tools(make_client):
     ({"input": "hi", "tool_choice": "required"}, "tool_choice"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
     ({"input": "hi", "background": True}, "background"),
+    ({"input": [{"type": ["message"], "role": "user", "content": "x"}]}, "input[0].type"),  # unhashable: no 500
+    ({"input": "hi", "tools": [{"type": {"a": 1}}]}, "tools[0].type"),
+    ({"input": [{"type": "function_call", "name": "f", "call_id": "c"},
+                {"type": "function_call_output", "call_id": ["c"], "output": "1"}]}, "input[1].call_id"),
+    ({"input": "hi", "model": "llama"}, "model"),
 ])
 def test_bad_requests(make_client, payload, param):
     client, engine = make_client()
     r = client.post("/v1/responses", json={"model": "m", **payload})
-    assert r.status_code == 400, r.text
+    assert r.status_code == (404 if param == "model" else 400), r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
     assert set(err) == {"message", "type", "param", "code"}

@@ -78,6 +78,8 @@ def parse_functions(tools: list[dict] | None, chat: bool) -> list[FunctionTool]:
     for i, tool in enumerate(tools or []):
         param = f"tools[{i}]"
         kind = tool.get("type")
+        if not isinstance(kind, str):
+            raise bad_request("each tool needs a string 'type'", param=f"{param}.type")
         if kind in BUILTIN_TOOLS:
             continue  # see parse_builtins
         if kind != "function":
@@ -107,7 +109,8 @@ def parse_builtins(tools: list[dict] | None, available: Sequence[str]) -> tuple[
     server was started with (``available``), else 400 naming the flag that enables it."""
     wanted: list[str] = []
     for i, tool in enumerate(tools or []):
-        ns = BUILTIN_TOOLS.get(tool.get("type")) if isinstance(tool, dict) else None
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        ns = BUILTIN_TOOLS.get(kind) if isinstance(kind, str) else None
         if ns is None:
             continue
         if ns not in available:
@@ -247,6 +250,8 @@ def normalize_input(value: str | list[dict] | None) -> list[dict]:
             raise bad_request("each input item must be an object", param=f"input[{i}]")
         item = dict(item)
         kind = item.setdefault("type", "message" if "role" in item else None)
+        if not isinstance(kind, str):
+            raise bad_request("each input item needs a string 'type'", param=f"input[{i}].type")
         if kind == "message":
             role = item.get("role")
             part = "output_text" if role == "assistant" else "input_text"
@@ -294,7 +299,7 @@ def items_to_messages(items: Sequence[dict], param: str = "input") -> tuple[list
             args = it.get("arguments")
             messages.append(tool_call_message(f"functions.{name}", args if isinstance(args, str) else json.dumps(args)))
         elif kind == "function_call_output":
-            name = calls.get(it.get("call_id"))  # type: ignore[arg-type]
+            name = calls.get(str(it.get("call_id")))
             if name is None:
                 raise bad_request(f"no function_call with call_id {it.get('call_id')!r} precedes this output",
                                   param=f"{where}.call_id")
@@ -305,7 +310,8 @@ def items_to_messages(items: Sequence[dict], param: str = "input") -> tuple[list
             messages.append(tool_call_message(f"browser.{verb}", json.dumps(args), "analysis"))
         elif kind == "code_interpreter_call":
             messages.append(tool_call_message("python", str(it.get("code") or ""), "analysis", None))
-            logs = "".join(str(o.get("logs", "")) for o in it.get("outputs") or [] if isinstance(o, dict))
+            outputs = it.get("outputs") if isinstance(it.get("outputs"), list) else []
+            logs = "".join(str(o.get("logs", "")) for o in outputs if isinstance(o, dict))
             if logs:  # the result the model saw, as far as the item carries it
                 messages.append(tool_result_message("python", logs, "analysis"))
         elif kind == "item_reference":
@@ -342,6 +348,8 @@ def chat_to_messages(chat: Sequence[dict]) -> tuple[list[Message], list[str]]:
                 messages.append(assistant_message(reasoning, "analysis"))
             text = content_text(m.get("content"), f"{where}.content") if m.get("content") is not None else None
             tool_calls = m.get("tool_calls") or []
+            if not isinstance(tool_calls, list):
+                raise bad_request("tool_calls must be a list", param=f"{where}.tool_calls")
             if tool_calls and text:
                 messages.append(assistant_message(text, "commentary"))  # a preamble before the calls
             elif text is not None and not tool_calls:
@@ -357,7 +365,7 @@ def chat_to_messages(chat: Sequence[dict]) -> tuple[list[Message], list[str]]:
                 messages.append(tool_call_message(f"functions.{name}",
                                                   args if isinstance(args, str) else json.dumps(args or {})))
         elif role == "tool":
-            name = calls.get(m.get("tool_call_id"))  # type: ignore[arg-type]
+            name = calls.get(str(m.get("tool_call_id")))
             if name is None:
                 raise bad_request(f"tool message answers unknown tool_call_id {m.get('tool_call_id')!r}",
                                   param=f"{where}.tool_call_id")
