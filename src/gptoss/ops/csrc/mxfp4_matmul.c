@@ -125,25 +125,62 @@ INLINE __m256 block_step(const __m256 q[4], const float *x, __m256 s, __m256 acc
 
 /* One row x NT tokens (NT <= 2), each block decoded into registers and used at once; the row's
  * bytes are read as one sequential stream. */
+/* Two blocks (32 bytes, one per 128-bit lane) decoded at once: low and high nibbles split with one
+ * shift, the LUT shuffles and unpacks then build 8 float vectors whose lanes 0-3 come from block
+ * g and lanes 4-7 from block g + 1, in the order PAIR_PERM (x is permuted to match once per call);
+ * the two scales form one vector. About 10% fewer instructions per block than decode16. */
+static const uint8_t PAIR_PERM[8][4] = {{0, 4, 8, 12}, {2, 6, 10, 14}, {16, 20, 24, 28}, {18, 22, 26, 30},
+                                        {1, 5, 9, 13}, {3, 7, 11, 15}, {17, 21, 25, 29}, {19, 23, 27, 31}};
+
+INLINE __m256 pair_dot(const uint8_t *b, const float *x) {
+    const __m256i lut_hi = _mm256_setr_epi8(LUT_HI, LUT_HI);
+    const __m256i lut_lo = _mm256_setr_epi8(LUT_LO, LUT_LO);
+    const __m256i top = _mm256_set1_epi32((int)0xFFFF0000u), m4 = _mm256_set1_epi8(0x0F);
+    const __m256i v = _mm256_loadu_si256((const __m256i *)b);
+    const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    const __m256i lh = _mm256_shuffle_epi8(lut_hi, lo), ll = _mm256_shuffle_epi8(lut_lo, lo);
+    const __m256i hh = _mm256_shuffle_epi8(lut_hi, hi), hl = _mm256_shuffle_epi8(lut_lo, hi);
+    const __m256i w0 = _mm256_unpacklo_epi8(ll, lh), w1 = _mm256_unpackhi_epi8(ll, lh);
+    const __m256i w2 = _mm256_unpacklo_epi8(hl, hh), w3 = _mm256_unpackhi_epi8(hl, hh);
+#define LO16(w) _mm256_castsi256_ps(_mm256_slli_epi32((w), 16))
+#define HI16(w) _mm256_castsi256_ps(_mm256_and_si256((w), top))
+    __m256 t = _mm256_mul_ps(LO16(w0), _mm256_loadu_ps(x));
+    __m256 u = _mm256_mul_ps(HI16(w0), _mm256_loadu_ps(x + 8));
+    t = _mm256_fmadd_ps(LO16(w1), _mm256_loadu_ps(x + 16), t);
+    u = _mm256_fmadd_ps(HI16(w1), _mm256_loadu_ps(x + 24), u);
+    t = _mm256_fmadd_ps(LO16(w2), _mm256_loadu_ps(x + 32), t);
+    u = _mm256_fmadd_ps(HI16(w2), _mm256_loadu_ps(x + 40), u);
+    t = _mm256_fmadd_ps(LO16(w3), _mm256_loadu_ps(x + 48), t);
+    u = _mm256_fmadd_ps(HI16(w3), _mm256_loadu_ps(x + 56), u);
+#undef LO16
+#undef HI16
+    return _mm256_add_ps(t, u);
+}
+
+/* One row x NT tokens (NT <= 2) over x in the direct order (PAIR_PERM per pair of blocks, PERM for
+ * an odd last block); the row's bytes are read as one sequential stream. */
 INLINE void row_direct(const float *x, int64_t K, const uint8_t *b, const uint8_t *s, int64_t G, float *y,
                        int64_t R, const int NT) {
     __m256 even[2], odd[2];
     for (int t = 0; t < NT; t++) even[t] = odd[t] = _mm256_setzero_ps();
     int64_t g = 0;
-    for (; g + 2 <= G; g += 2) {
-        __m256 q[4];
-        decode16(b + g * 16, q);
-        __m256 sc = _mm256_broadcast_ss(&SCALE[s[g]]);
-        for (int t = 0; t < NT; t++) even[t] = block_step(q, x + t * K + g * 32, sc, even[t]);
-        decode16(b + g * 16 + 16, q);
-        sc = _mm256_broadcast_ss(&SCALE[s[g + 1]]);
-        for (int t = 0; t < NT; t++) odd[t] = block_step(q, x + t * K + g * 32 + 32, sc, odd[t]);
+    for (; g + 4 <= G; g += 4) {
+        __m256 sc = _mm256_set_m128(_mm_broadcast_ss(&SCALE[s[g + 1]]), _mm_broadcast_ss(&SCALE[s[g]]));
+        for (int t = 0; t < NT; t++) even[t] = _mm256_fmadd_ps(pair_dot(b + g * 16, x + t * K + g * 32), sc, even[t]);
+        sc = _mm256_set_m128(_mm_broadcast_ss(&SCALE[s[g + 3]]), _mm_broadcast_ss(&SCALE[s[g + 2]]));
+        for (int t = 0; t < NT; t++)
+            odd[t] = _mm256_fmadd_ps(pair_dot(b + g * 16 + 32, x + t * K + g * 32 + 64), sc, odd[t]);
+    }
+    if (g + 2 <= G) {
+        const __m256 sc = _mm256_set_m128(_mm_broadcast_ss(&SCALE[s[g + 1]]), _mm_broadcast_ss(&SCALE[s[g]]));
+        for (int t = 0; t < NT; t++) even[t] = _mm256_fmadd_ps(pair_dot(b + g * 16, x + t * K + g * 32), sc, even[t]);
+        g += 2;
     }
     if (g < G) {
         __m256 q[4];
         decode16(b + g * 16, q);
         const __m256 sc = _mm256_broadcast_ss(&SCALE[s[g]]);
-        for (int t = 0; t < NT; t++) even[t] = block_step(q, x + t * K + g * 32, sc, even[t]);
+        for (int t = 0; t < NT; t++) odd[t] = block_step(q, x + t * K + g * 32, sc, odd[t]);
     }
     for (int t = 0; t < NT; t++) y[t * R] = reduce(_mm256_add_ps(even[t], odd[t]));
 }
@@ -199,6 +236,16 @@ int gptoss_have_avx2_fma(void) {
 }
 
 /* x [n, K] -> the element order decode16 produces (PERM within each block of 32). */
+/* One row of x (G blocks) -> the direct kernel's order: PAIR_PERM per pair, PERM for an odd last block. */
+static void permute_x_direct(const float *x, float *xp, int64_t G) {
+    int64_t g = 0;
+    for (; g + 2 <= G; g += 2)
+        for (int j = 0; j < 8; j++)
+            for (int l = 0; l < 8; l++) xp[g * 32 + 8 * j + l] = x[(g + l / 4) * 32 + PAIR_PERM[j][l % 4]];
+    if (g < G)
+        for (int j = 0; j < 32; j++) xp[g * 32 + j] = x[g * 32 + PERM[j]];
+}
+
 static void permute_x(const float *x, float *xp, int64_t count) {
     for (int64_t i = 0; i < count; i += 32)
         for (int j = 0; j < 32; j++) xp[i + j] = x[i + PERM[j]];
@@ -262,7 +309,13 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
             free(offsets);
             return -1;
         }
-        permute_x(x, xp, total * K);
+        for (int64_t i = 0; i < ngroups; i++) {
+            const float *xi = x + offsets[i] * K;
+            float *pi = xp + offsets[i] * K;
+            if (counts[i] > 2) permute_x(xi, pi, counts[i] * K);  /* the panel kernel's order */
+            else
+                for (int64_t t = 0; t < counts[i]; t++) permute_x_direct(xi + t * K, pi + t * K, G);
+        }
         x = xp;
         for (int64_t i = 0; i < ngroups; i++)
             if (counts[i] > 2) gptoss_pack_tokens(x + offsets[i] * K, counts[i], K, X + tiles[i] * MR * K);
