@@ -299,7 +299,7 @@ def _bench_transformers(path: Path, prompts: list[list[int]], gen_tokens: int) -
             raise ValueError(f"transformers cannot load {hf_dir} (needs the Hugging Face layout): {e}") from None
     out: dict[str, Any] = {"version": __import__("transformers").__version__, "prefill": [], "decode": {}}
     with torch.inference_mode():
-        model(torch.tensor([prompts[0][:WARMUP_PROMPT_TOKENS]]), logits_to_keep=1)
+        model(torch.tensor([prompts[0][:2]]), logits_to_keep=1)  # warm-up (transformers is slow here)
         for prompt in prompts:
             t0 = time.perf_counter()
             model(torch.tensor([prompt]), logits_to_keep=1)  # last position's logits only, as gptoss
