@@ -124,7 +124,7 @@ INLINE void transpose8(__m256 r[8]) {
 
 /* Pack rows [0, n) of x [n, K] (float32, row stride K) into tiles X[n_tiles][K][MR], zero padded. */
 void gptoss_pack_tokens(const float *x, int64_t n, int64_t K, float *X);
-/* y[t, 0:nr] (row stride ldy) += or = X-tile . P over all K (nt tokens valid, nr rows valid). */
-void gptoss_panel_tile(const float *P, const float *X, int64_t K, float *y, int64_t ldy, int nt, int nr);
+/* y[t, 0:nr] (row stride ldy) = X . P over all K for the n tokens of X's tiles (nr rows valid). */
+void gptoss_panel_tiles(const float *P, const float *X, int64_t n, int64_t K, float *y, int64_t ldy, int nr);
 
 #endif

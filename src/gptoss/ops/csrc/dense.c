@@ -108,7 +108,8 @@ TARGET static void panel_dense(const void *w, int wtype, int64_t K, int64_t r, i
 
 /* MR tokens x PANEL rows over all of K: 12 named accumulators (gcc keeps an array of them in
  * memory), P and X read sequentially. */
-TARGET static void panel_tile_avx2(const float *P, const float *X, int64_t K, float *y, int64_t ldy, int nt, int nr) {
+TARGET static void panel_tile_avx2(const float *P, const float *X, int64_t K, float *y, int64_t ldy, int nt, int nr,
+                                   int accumulate) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t k = 0; k < K; k++) {
@@ -136,35 +137,53 @@ TARGET static void panel_tile_avx2(const float *P, const float *X, int64_t K, fl
     __m256 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
     float tmp[PANEL];
     for (int t = 0; t < nt; t++) {
+        float *yt = y + t * ldy;
         if (nr == PANEL) {
-            _mm256_storeu_ps(y + t * ldy, c[t][0]);
-            _mm256_storeu_ps(y + t * ldy + 8, c[t][1]);
+            if (accumulate) {
+                c[t][0] = _mm256_add_ps(_mm256_loadu_ps(yt), c[t][0]);
+                c[t][1] = _mm256_add_ps(_mm256_loadu_ps(yt + 8), c[t][1]);
+            }
+            _mm256_storeu_ps(yt, c[t][0]);
+            _mm256_storeu_ps(yt + 8, c[t][1]);
         } else {
             _mm256_storeu_ps(tmp, c[t][0]);
             _mm256_storeu_ps(tmp + 8, c[t][1]);
-            memcpy(y + t * ldy, tmp, (size_t)nr * sizeof(float));
+            for (int i = 0; i < nr; i++) yt[i] = accumulate ? yt[i] + tmp[i] : tmp[i];
         }
     }
 }
 #endif
 
-static void panel_tile_scalar(const float *P, const float *X, int64_t K, float *y, int64_t ldy, int nt, int nr) {
+static void panel_tile_scalar(const float *P, const float *X, int64_t K, float *y, int64_t ldy, int nt, int nr,
+                              int accumulate) {
     for (int t = 0; t < nt; t++)
         for (int i = 0; i < nr; i++) {
             float s = 0.0f;
             for (int64_t k = 0; k < K; k++) s += P[k * PANEL + i] * X[k * MR + t];
-            y[t * ldy + i] = s;
+            y[t * ldy + i] = accumulate ? y[t * ldy + i] + s : s;
         }
 }
 
-void gptoss_panel_tile(const float *P, const float *X, int64_t K, float *y, int64_t ldy, int nt, int nr) {
+/* All tiles of n tokens against one decoded panel, K in chunks of KC so that the panel chunk and
+ * the token chunk stay in L1; chunk sums are added in order (a fixed order for every output). */
+void gptoss_panel_tiles(const float *P, const float *X, int64_t n, int64_t K, float *y, int64_t ldy, int nr) {
 #ifdef GPTOSS_X86
-    if (gptoss_have_avx2_fma()) {
-        panel_tile_avx2(P, X, K, y, ldy, nt, nr);
-        return;
-    }
+    const int avx2 = gptoss_have_avx2_fma();
 #endif
-    panel_tile_scalar(P, X, K, y, ldy, nt, nr);
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = K - k0 < KC ? K - k0 : KC;
+        for (int64_t t = 0; t < n; t += MR) {
+            const int nt = n - t >= MR ? MR : (int)(n - t);
+            const float *Pk = P + k0 * PANEL, *Xk = X + t * K + k0 * MR;
+#ifdef GPTOSS_X86
+            if (avx2) {
+                panel_tile_avx2(Pk, Xk, kc, y + t * ldy, ldy, nt, nr, k0 > 0);
+                continue;
+            }
+#endif
+            panel_tile_scalar(Pk, Xk, kc, y + t * ldy, ldy, nt, nr, k0 > 0);
+        }
+    }
 }
 
 void gptoss_pack_tokens(const float *x, int64_t n, int64_t K, float *X) {
@@ -260,14 +279,7 @@ int gptoss_linear(const void *x, int xtype, int64_t n, int64_t K, const void *w,
                     else
 #endif
                         panel_dense_scalar(w, wtype, K, r, nr, P);
-                    for (int64_t t = 0; t < n; t += MR) {
-                        const int nt = n - t >= MR ? MR : (int)(n - t);
-#ifdef GPTOSS_X86
-                        if (use == IMPL_AVX2) panel_tile_avx2(P, X + t * K, K, yf + t * R + r, R, nt, nr);
-                        else
-#endif
-                            panel_tile_scalar(P, X + t * K, K, yf + t * R + r, R, nt, nr);
-                    }
+                    gptoss_panel_tiles(P, X, n, K, yf + r, R, nr);
                 }
             }
             /* Epilogue for this chunk's rows: scale, bias, conversion. */

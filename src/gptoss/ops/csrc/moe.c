@@ -31,7 +31,7 @@ int gptoss_moe(const void *x, int xtype, int64_t n, int64_t H, const void *route
                const uint8_t *blocks2, const uint8_t *scales2, const void *b2, int btype, int64_t I, float limit,
                float alpha, void *out, int nthreads, int impl) {
     if (n <= 0) return 0;
-    if (top_k < 1 || top_k > E || H % 32 || I % 32) return -2;
+    if (top_k < 1 || top_k > E || top_k > 64 || H % 32 || I % 32) return -2;
     const int64_t P = n * top_k, I2 = 2 * I;
     float *logits = (float *)malloc((size_t)(n * E) * sizeof(float));
     float *wts = (float *)malloc((size_t)P * sizeof(float));
@@ -90,11 +90,15 @@ int gptoss_moe(const void *x, int xtype, int64_t n, int64_t H, const void *route
             counts[ng] = counts[e];
             ng++;
         }
+    if (nthreads < 1) nthreads = 1;
+    const int par = P >= 16 ? nthreads : 1; /* the elementwise steps below are parallel for prefill */
+#pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
     for (int64_t i = 0; i < P; i++) to_f32((const char *)x + (order[i] / top_k) * H * elem_size(xtype), xtype, h + i * H, H);
     if (gptoss_mxfp4_matmul_grouped(h, blocks1, scales1, u, ng, experts, counts, I2, H / 32, nthreads, impl) < 0) {
         rc = -1;
         goto done;
     }
+#pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
     for (int64_t i = 0; i < P; i++) {
         const int64_t e = eid[order[i]];
         const float *ui = u + i * I2;
@@ -113,15 +117,32 @@ int gptoss_moe(const void *x, int xtype, int64_t n, int64_t H, const void *route
         rc = -1;
         goto done;
     }
-    for (int64_t v = 0; v < n * H; v++) acc[v] = 0.0f;
-    for (int64_t i = 0; i < P; i++) { /* pairs in expert order: each token's terms in ascending expert order */
-        const int64_t p = order[i], t = p / top_k, e = eid[p];
-        const float w = wts[p];
-        const float *yi = y + i * H;
+    /* inv[p]: where pair p sits in expert order. */
+    int64_t *inv = (int64_t *)h; /* h is no longer needed: P * H floats >= P int64 */
+    for (int64_t i = 0; i < P; i++) inv[order[i]] = i;
+#pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        /* This token's pairs in ascending expert order (top_k is small: insertion sort). */
+        int64_t js[64];
+        const int64_t kk = top_k < 64 ? top_k : 64;
+        for (int64_t j = 0; j < kk; j++) {
+            int64_t q = j;
+            while (q > 0 && eid[t * top_k + js[q - 1]] > eid[t * top_k + j]) {
+                js[q] = js[q - 1];
+                q--;
+            }
+            js[q] = j;
+        }
         float *o = acc + t * H;
-        for (int64_t c = 0; c < H; c++) o[c] += rnd(yi[c] + tval(b2, btype, e * H + c), xtype) * w;
+        for (int64_t c = 0; c < H; c++) o[c] = 0.0f;
+        for (int64_t q = 0; q < kk; q++) {
+            const int64_t p = t * top_k + js[q], e = eid[p];
+            const float w = wts[p];
+            const float *yi = y + inv[p] * H;
+            for (int64_t c = 0; c < H; c++) o[c] += rnd(yi[c] + tval(b2, btype, e * H + c), xtype) * w;
+        }
+        from_f32(o, xtype, (char *)out + t * H * elem_size(xtype), H);
     }
-    from_f32(acc, xtype, out, n * H);
 done:
     free(logits);
     free(wts);

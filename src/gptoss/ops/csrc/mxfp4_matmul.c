@@ -361,9 +361,7 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
                     for (int64_t r = r0; r < r1; r += PANEL) {
                         const int nr = r1 - r >= PANEL ? PANEL : (int)(r1 - r);
                         panel_mxfp4(bi, si, r, nr, G, w);
-                        for (int64_t t = 0; t < n; t += MR)
-                            gptoss_panel_tile(w, Xi + t * K, K, yi + t * R + r, R, n - t >= MR ? MR : (int)(n - t),
-                                              nr);
+                        gptoss_panel_tiles(w, Xi, n, K, yi + r, R, nr);
                     }
                 }
                 continue;
