@@ -187,3 +187,17 @@ def test_eval_cli_model(tiny_checkpoint, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["rows"]["well_formed"]["n"] == len(FAMILIES) and data["passed"] is False
     assert str(tiny_checkpoint) in data["model"] and "well_formed" in capsys.readouterr().out
+
+
+def test_training_targets_are_exactly_what_the_model_samples():
+    """Every token the eval needs the model to sample (each round, headers after its own <|end|> included) is a
+    training target, and nothing else is: prompts and tool results are context only."""
+    for task in generate_tasks(12, seed=5):
+        ex = encode_conversation(task.messages)
+        spans: list[list[int]] = []
+        for i, (tok, learned) in enumerate(zip(ex.tokens, ex.mask, strict=True)):
+            if learned:
+                if i == 0 or not ex.mask[i - 1]:
+                    spans.append([])
+                spans[-1].append(tok)
+        assert spans == replay_rounds(task), task.meta()

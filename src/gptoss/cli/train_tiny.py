@@ -26,6 +26,7 @@ SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, 
 RECIPE = {"seed": 0, "conversations": 8000, "steps": 280, "batch_size": 16, "lr": 3e-3,
           "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13"}
 EVAL_CONVERSATIONS = 96
+ENCODING_VERSION = 2  # bump when train.data's tokens or masks change (invalidates cached corpora)
 SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)
 
 EPILOG = """The defaults are the recipe of the bundled model; the same options write the same bytes.
@@ -121,7 +122,8 @@ def build_corpus(n: int, seed: int, split: str, weights: dict, workers: int) -> 
 def _corpus(args: argparse.Namespace, work: Path, weights: dict, console: Console) -> tuple[list, list]:
     import torch
 
-    key = {"seed": args.seed, "conversations": args.conversations, "weights": weights, "eval": EVAL_CONVERSATIONS}
+    key = {"encoding": ENCODING_VERSION, "seed": args.seed, "conversations": args.conversations,
+           "weights": weights, "eval": EVAL_CONVERSATIONS}
     cache = work / "corpus.pt"
     if cache.is_file():
         saved = torch.load(cache, weights_only=False)

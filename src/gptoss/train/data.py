@@ -71,7 +71,10 @@ def encode_conversation(messages: Sequence[Message]) -> Example:
             t[-1] = RETURN  # the answer that ends a turn is sampled with <|return|>
         assert t[:len(prefix)] == prefix, f"{t[:4]=}"
         tokens += t
-        mask += [False] * len(prefix) + [True] * (len(t) - len(prefix))
+        # The prompt supplies <|start|>assistant only where a round begins (after user/tool messages); after the
+        # model's own <|end|> it samples the next header itself, so there the header is learned too.
+        given = len(prefix) if i == 0 or turn[i - 1].author.role != Role.ASSISTANT else 0
+        mask += [False] * given + [True] * (len(t) - given)
     return Example(tokens, mask)
 
 
