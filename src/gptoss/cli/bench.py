@@ -272,8 +272,11 @@ def _agreement_score(model: Any, prompt: list[int], tokens: list[int], ref_logit
     got = torch.cat(rows)[len(prompt) - 1:]  # (n, V): the logits each reference token was chosen from
     ref = ref_logits.float()
     agree = (got.argmax(-1) == torch.tensor(tokens)).float().mean()
-    err = (got - ref).abs().amax(-1) / ref.abs().amax(-1)
-    rms = ((got - ref).pow(2).mean(-1).sqrt() / ref.pow(2).mean(-1).sqrt())
+    keep = torch.isfinite(ref)  # a trimmed vocabulary gives -inf to the ids it never samples
+    diff = torch.where(keep, got - ref, 0.0)
+    ref0 = torch.where(keep, ref, 0.0)
+    err = diff.abs().amax(-1) / ref0.abs().amax(-1)
+    rms = diff.pow(2).sum(-1).sqrt() / ref0.pow(2).sum(-1).sqrt()
     return {"tokens": len(tokens), "greedy_agreement": float(agree), "max_logit_error": float(err.max()),
             "mean_logit_error": float(err.mean()), "mean_rms_error": float(rms.mean())}
 
