@@ -38,8 +38,13 @@ def test_return_only_at_accept_states_and_analysis_free():
         "n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False})))
     logits = torch.zeros(VOCAB_SIZE)
     seq = toks("<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>final<|message|>")
+    start = seq.index(toks("<|start|>")[0])
     for i in range(len(seq)):
-        assert proc(seq[:i], logits) is logits  # headers and analysis: untouched
+        out = proc(seq[:i], logits)
+        if i == start:  # between messages: only <|start|> (harmony itself, not the schema)
+            assert torch.isfinite(out).nonzero().flatten().tolist() == [seq[start]]
+        else:
+            assert out is logits  # headers and analysis: untouched
     body = toks('{"n":12}')
     for i in range(len(body) + 1):
         out = proc(seq + body[:i], logits)
@@ -47,6 +52,20 @@ def test_return_only_at_accept_states_and_analysis_free():
         assert bool(allowed[RETURN]) == (i == len(body)), i
         assert not allowed[END] and (i == len(body) or allowed[body[i]])
     assert proc.mask_count == len(body) + 1
+
+
+def test_json_format_plans_headers():
+    """With a JSON answer format (and no built-ins), a header is analysis, final or a declared call: a small
+    model's malformed header cannot make the answer escape the schema."""
+    grammar = compile_schema({"type": "object"})
+    proc = HarmonyConstraint(ConstraintSpec(final_grammar=grammar, header_functions=("get_time",)))
+    logits = torch.zeros(VOCAB_SIZE)
+    first = {int(i) for i in torch.isfinite(proc([], logits)).nonzero().flatten()}
+    assert first == {toks("<|channel|>")[0]}
+    seq = toks("<|channel|>analysis<|message|>hm<|end|>")
+    nxt = proc(seq + toks("<|start|>assistant<|channel|>"), logits)
+    allowed = set(torch.isfinite(nxt).nonzero().flatten().tolist())
+    assert allowed == {toks("final")[0], toks("analysis")[0], toks("commentary")[0]}
 
 
 def test_named_tool_choice_enforced_over_a_final_answer(make_client):

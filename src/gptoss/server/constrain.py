@@ -3,6 +3,7 @@
 One :class:`HarmonyConstraint` per generation round is the engine's logits processor. It follows the
 sampled tokens with its own :class:`StreamParser` and masks only where the API requires it:
 
+- between messages only ``<|start|>`` is allowed (the harmony grammar, not a content constraint);
 - headers and ``analysis`` content are free, except under a forced ``tool_choice`` (required / named):
   then every header must be ``<|channel|>analysis<|message|>`` or a call header
   ``...<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`` (after an analysis message:
@@ -31,6 +32,7 @@ from gptoss.tokenizer import N_MERGEABLE, SPECIAL_TOKENS, VOCAB_SIZE, o200k_harm
 log = logging.getLogger("gptoss.server")
 
 RETURN, CALL, END = SPECIAL_TOKENS["<|return|>"], SPECIAL_TOKENS["<|call|>"], SPECIAL_TOKENS["<|end|>"]
+START = SPECIAL_TOKENS["<|start|>"]
 # Compact JSON: no whitespace runs for a sampler to get lost in (gpt-oss writes compact arguments).
 JSON_OPTIONS = {"whitespace_flexible": False}
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -60,6 +62,15 @@ def compile_schema(schema: dict) -> str | None:
     return grammar
 
 
+def _keep_sampleable(masked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``masked`` unless every allowed token has -inf logits -- a model with a trimmed vocabulary never produces
+    tokens outside its kept set, and the grammar may allow only such tokens here (e.g. one spelling of a key).
+    Then the allowed tokens are drawn uniformly, so the output still follows the grammar."""
+    if bool(torch.isfinite(masked).any()):
+        return masked
+    return torch.zeros_like(masked).masked_fill(~mask, float("-inf"))
+
+
 def matches_schema(grammar: str, text: str) -> bool:
     """Whether ``text`` is a complete sentence of ``grammar`` (used to validate unconstrained output)."""
     import llguidance
@@ -71,7 +82,12 @@ def matches_schema(grammar: str, text: str) -> bool:
 def current_message(parser: StreamParser) -> ParsedMessage | None:
     """The message whose content the parser is inside (header closed, no terminator yet), else None.
     Reads the parser's state: constrained decoding is driven by it, never by scanning text."""
-    return parser._msg  # the one place that looks inside the parser
+    return parser._msg  # with between_messages, the one place that looks inside the parser
+
+
+def between_messages(parser: StreamParser) -> bool:
+    """After a message's terminator, before the next header: harmony allows only ``<|start|>`` here."""
+    return parser._state.name == "BETWEEN"
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,9 @@ class ConstraintSpec:
     final_grammar: str | None = None  # text.format / response_format
     function_grammars: dict[str, str] = field(default_factory=dict)  # strict or forced functions
     forced: tuple[str, ...] = ()  # tool_choice required (all names) / named (one)
+    # With a JSON answer format: the headers the model may write (None: free, e.g. with built-in tools whose
+    # header forms vary). Names of the declared functions it may call instead of answering.
+    header_functions: tuple[str, ...] | None = None
 
     @property
     def active(self) -> bool:
@@ -118,7 +137,7 @@ class HarmonyConstraint:
         self.mask_seconds = 0.0  # grammar mask time (llguidance only)
         self.mask_count = 0
         self._bitmask = np.full((1, (VOCAB_SIZE + 31) // 32), -1, dtype=np.int32)
-        if spec.forced:
+        if spec.forced or self._plans_headers:
             self._start_plan(after_message=False)
 
     # -- the processor ------------------------------------------------------------------------------
@@ -134,14 +153,26 @@ class HarmonyConstraint:
                 self.notes.append("grammar allowed no token; unconstrained step")
                 return logits
             mask = torch.from_numpy(allowed).to(logits.device, non_blocking=True)
-            return logits.masked_fill(~mask, float("-inf"))
+            return _keep_sampleable(logits.masked_fill(~mask, float("-inf")), mask)
         out = torch.full_like(logits, float("-inf"))
         idx = torch.tensor(sorted(allowed), device=logits.device)
         out[idx] = logits[idx]
-        return out
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[idx] = True
+        return _keep_sampleable(out, mask)
 
     # -- state --------------------------------------------------------------------------------------
+    @property
+    def _plans_headers(self) -> bool:
+        return bool(self.spec.final_grammar) and self.spec.header_functions is not None
+
     def _start_plan(self, after_message: bool) -> None:
+        if not self.spec.forced:  # a JSON answer: analysis, the final answer, or a declared call
+            start = "<|start|>assistant" if after_message else ""
+            cands = [_encode_header(f"{start}<|channel|>{c}<|message|>") for c in ("analysis", "final")]
+            cands += [call_header(n, after_message) for n in self.spec.header_functions or ()]
+            self.plan, self.plan_prefix = cands, []
+            return
         cands = [call_header(n, after_message) for n in self.spec.forced]
         if not after_message and not self._analysis_seen():
             cands.append(_encode_header("<|channel|>analysis<|message|>"))  # never skip reasoning
@@ -170,6 +201,8 @@ class HarmonyConstraint:
         if self.msg is not None:  # the message we were in has ended
             self.matcher, self.terminator = None, None
             if self.spec.forced and msg is None and self.plan is None and not self._call_done():
+                self._start_plan(after_message=True)
+            elif self._plans_headers and msg is None and self.plan is None:
                 self._start_plan(after_message=True)
         self.msg = msg
         if msg is not None and msg.role == "assistant":
@@ -204,6 +237,10 @@ class HarmonyConstraint:
         if self.matcher is not None:
             return self._grammar_mask()
         msg = self.msg
+        if msg is None and between_messages(self.parser):
+            # Only <|start|> is valid harmony here. A small model's stray text would otherwise open an implicit
+            # final message whose first token escaped the schema (the parser tolerates it; a grammar cannot).
+            return {START}
         if self.spec.forced and msg is not None and msg.channel == "analysis" and msg.recipient is None:
             allowed = np.zeros(VOCAB_SIZE, dtype=bool)  # free text; the round may not end here
             allowed[:N_MERGEABLE] = True

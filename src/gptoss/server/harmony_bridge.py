@@ -178,8 +178,8 @@ def parse_format(fmt: dict | None, param: str, chat: bool) -> tuple[ResponseForm
     return ResponseFormat(name, schema, spec.get("description")), schema
 
 
-def constraint_spec(final_schema: dict | None, functions: Sequence[FunctionTool], choice: ToolChoice
-                    ) -> ConstraintSpec | None:
+def constraint_spec(final_schema: dict | None, functions: Sequence[FunctionTool], choice: ToolChoice,
+                    builtins: Sequence[str] = ()) -> ConstraintSpec | None:
     final = compile_schema(final_schema) if final_schema is not None else None
     forced = choice.forced
     grammars = {}
@@ -188,7 +188,8 @@ def constraint_spec(final_schema: dict | None, functions: Sequence[FunctionTool]
             grammar = compile_schema(f.parameters if f.parameters else NO_PARAMETERS)
             if grammar is not None:
                 grammars[f.name] = grammar
-    spec = ConstraintSpec(final, grammars, forced)
+    headers = None if builtins else tuple(f.name for f in functions)
+    spec = ConstraintSpec(final, grammars, forced, headers)
     return spec if spec.active else None
 
 

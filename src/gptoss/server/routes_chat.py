@@ -42,7 +42,7 @@ def plan_chat(body: ChatRequest, ctx: ServerContext) -> tuple[TurnRequest, ToolS
     if len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     check_model(body.model, ctx)
-    constraint = hb.constraint_spec(schema, rendered, choice)
+    constraint = hb.constraint_spec(schema, rendered, choice, () if choice.mode == "none" else ctx.sessions.available)
     # Chat has no built-in tool items: the server's built-ins run inside the turn (SPEC §6.8).
     session = ctx.sessions.checkout(() if choice.mode == "none" else ctx.sessions.available)
     try:

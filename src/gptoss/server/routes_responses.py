@@ -65,7 +65,7 @@ def plan_response(body: ResponsesRequest, ctx: ServerContext) -> Plan:
     convo, extra = hb.items_to_messages(context)
     instructions = ([body.instructions] if body.instructions else []) + extra
     check_model(body.model, ctx)
-    constraint = hb.constraint_spec(schema, rendered, choice)
+    constraint = hb.constraint_spec(schema, rendered, choice, () if choice.mode == "none" else builtins)
     session = ctx.sessions.checkout(() if choice.mode == "none" else builtins, body.previous_response_id)
     try:
         messages = hb.header_messages(effort, instructions, rendered, fmt, session.system_options()) + convo
