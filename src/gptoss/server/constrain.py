@@ -241,10 +241,11 @@ class HarmonyConstraint:
             # Only <|start|> is valid harmony here. A small model's stray text would otherwise open an implicit
             # final message whose first token escaped the schema (the parser tolerates it; a grammar cannot).
             return {START}
-        if self.spec.forced and msg is not None and msg.channel == "analysis" and msg.recipient is None:
+        if ((self.spec.forced or self._plans_headers) and msg is not None and msg.channel == "analysis"
+                and msg.recipient is None):
             allowed = np.zeros(VOCAB_SIZE, dtype=bool)  # free text; the round may not end here
             allowed[:N_MERGEABLE] = True
-            allowed[END] = True
+            allowed[END] = True  # <|return|>/<|call|> would end the round without the answer or call
             return allowed
         return None
 

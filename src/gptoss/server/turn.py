@@ -325,7 +325,12 @@ class Turn:
     def _check_output(self, res: TurnResult, done: TurnDone) -> None:
         grammar = self.req.constraint.final_grammar if self.req.constraint else None
         answers = [i for i in self.items if i.kind == "message"]
-        if grammar and answers and not self.stopper.hit and not all(matches_schema(grammar, i.text) for i in answers):
+        calls = [i for i in self.items if i.kind == "function_call"]
+        if grammar and not answers and not calls:
+            res.status, res.finish_reason = "failed", "error"
+            res.error = {"code": "server_error", "message": "the model ended without the requested JSON answer"}
+        elif grammar and answers and not self.stopper.hit and not all(matches_schema(grammar, i.text)
+                                                                      for i in answers):
             res.status, res.finish_reason = "failed", "error"
             res.error = {"code": "server_error", "message": "the answer does not match the requested JSON schema"}
         elif not self.items and done.recoveries and res.finish_reason == "stop":
