@@ -22,9 +22,11 @@ def test_mask_covers_only_sampled_assistant_tokens():
     ex = encode_conversation(convo("What is 2+2?", "4"))
     enc = harmony_encoding()
     learned = enc.decode([t for t, m in zip(ex.tokens, ex.mask, strict=True) if m])
-    assert learned == "<|channel|>analysis<|message|>Answer 4.<|end|><|channel|>final<|message|>4<|return|>"
+    # <|end|> is not a stop token, so the model itself samples the second message's header.
+    assert learned == ("<|channel|>analysis<|message|>Answer 4.<|end|>"
+                       "<|start|>assistant<|channel|>final<|message|>4<|return|>")
     context = enc.decode([t for t, m in zip(ex.tokens, ex.mask, strict=True) if not m])
-    assert "What is 2+2?" in context and context.count("<|start|>assistant") == 2
+    assert "What is 2+2?" in context and context.count("<|start|>assistant") == 1
 
 
 def test_earlier_analysis_is_context_dropped_like_inference():
