@@ -94,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("training", total=targs.steps, completed=trainer.step, info="")
 
         def on_step(log) -> None:
-            info = f"loss {log.loss:.3f} lr {log.lr:.2e} {log.tokens_per_s:,.0f} tok/s"
+            info = step_info(log)
             if log.eval_loss is not None:
-                info += f" eval {log.eval_loss:.3f} acc {log.eval_accuracy:.1%}"
                 if not err_console.is_terminal:
                     console.print(f"step {log.step}: {info}", highlight=False)
             bar.update(task, completed=log.step, info=info)
@@ -105,6 +104,14 @@ def run(args: argparse.Namespace) -> int:
     wdir = trainer.export()
     console.print(f"exported {wdir} (lineage in {wdir / 'lineage.json'})", highlight=False)
     return 0
+
+
+def step_info(log) -> str:
+    """One progress line for a training step (loss, lr, speed, and eval when it ran)."""
+    info = f"loss {log.loss:.3f} lr {log.lr:.2e} {log.tokens_per_s:,.0f} tok/s"
+    if log.eval_loss is not None:
+        info += f" eval {log.eval_loss:.3f} acc {log.eval_accuracy:.1%}"
+    return info
 
 
 def kept_ids(examples) -> tuple[int, ...]:

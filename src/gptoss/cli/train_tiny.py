@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gptoss.cli.common import err_console, positive_int
+from gptoss.cli.train import step_info
 
 # The recipe of the bundled checkpoint; `gptoss train-tiny` with no options rebuilds it.
 SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
@@ -211,9 +212,7 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("training", total=targs.steps, completed=trainer.step, info="")
 
         def on_step(log) -> None:
-            info = f"loss {log.loss:.3f} lr {log.lr:.2e} {log.tokens_per_s:,.0f} tok/s"
-            if log.eval_loss is not None:
-                info += f" eval {log.eval_loss:.3f} acc {log.eval_accuracy:.1%}"
+            info = step_info(log)
             if not err_console.is_terminal and (log.step % args.log_every == 0 or log.eval_loss is not None):
                 elapsed = time.perf_counter() - t_train
                 console.print(f"step {log.step}/{targs.steps} {elapsed / 60:.1f} min: {info}", highlight=False)
