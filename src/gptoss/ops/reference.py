@@ -69,7 +69,25 @@ def attention(
 
     Returns:
         ``(B, T, Hkv * G * D)`` in q's dtype.
+
+    With gradients wanted it runs :func:`attention_sdpa` (same maths, far less memory traffic).
     """
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, sinks)):
+        return attention_sdpa(q, k, v, sinks, q_pos, k_pos, window, scale)
+    return attention_explicit(q, k, v, sinks, q_pos, k_pos, window, scale)
+
+
+def attention_explicit(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """:func:`attention` written out: scores, mask, softmax with the sink column, weighted values."""
     b, t, hkv, g, d = q.shape
     scores = torch.einsum("bthgd,bshd->bhgts", q.float(), k.float()) * scale  # (B, Hkv, G, T, S)
     kp, qp = k_pos[:, None, :], q_pos[:, :, None]
@@ -82,6 +100,43 @@ def attention(
     probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     out = torch.einsum("bhgts,bshd->bthgd", probs, v.float())  # (B, T, Hkv, G, D)
     return out.reshape(b, t, hkv * g * d).to(q.dtype)
+
+
+def attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """:func:`attention` through ``scaled_dot_product_attention``, for training.
+
+    The explicit form keeps several ``(B, H, T, S)`` float32 tensors alive for autograd, which made
+    attention ~80% of a training step. Here the sink becomes one extra key per head: queries get a
+    constant extra dimension 1, that key is ``[0..0, sink / scale]`` with value 0, so its score is the
+    sink logit and it only enlarges the denominator -- the same softmax, with gradients for the sinks.
+    Values are padded to ``D + 1`` too: PyTorch's fused CPU kernel wants one head width.
+    """
+    b, t, hkv, g, d = q.shape
+    s, h = k.shape[1], hkv * g
+    qh = q.float().reshape(b, t, h, d).transpose(1, 2)  # (B, H, T, D)
+    kh = k.float().transpose(1, 2).repeat_interleave(g, dim=1)  # (B, H, S, D)
+    vh = v.float().transpose(1, 2).repeat_interleave(g, dim=1)
+    qx = torch.cat([qh, qh.new_ones(b, h, t, 1)], dim=-1)
+    sink_key = torch.cat([kh.new_zeros(h, d), (sinks.float() / scale)[:, None]], dim=-1)  # (H, D + 1)
+    kx = torch.cat([torch.cat([kh, kh.new_zeros(b, h, s, 1)], dim=-1),
+                    sink_key[None, :, None].expand(b, h, 1, d + 1)], dim=2)  # (B, H, S + 1, D + 1)
+    vx = torch.nn.functional.pad(vh, (0, 1, 0, 1))  # a zero value for the sink; width D + 1 like q and k (flash)
+    kp, qp = k_pos[:, None, :], q_pos[:, :, None]
+    visible = (kp >= 0) & (kp <= qp)
+    if window is not None:
+        visible &= kp > qp - window
+    visible = torch.cat([visible, visible.new_ones(b, t, 1)], dim=-1)[:, None]  # the sink is always visible
+    out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=visible, scale=scale)  # (B, H, T, D)
+    return out[..., :d].transpose(1, 2).reshape(b, t, h * d).to(q.dtype)
 
 
 def expert_matrix(w: ExpertWeight, e: int, dtype: torch.dtype) -> torch.Tensor:
