@@ -108,3 +108,60 @@ def test_batched_sampling_draws_from_the_distribution():
         assert abs(counts[0][tok] / 3000 - want) < 0.035
     p2 = torch.softmax(torch.tensor([0.0, 0.5, 1.0]), 0).tolist()  # T=2 flattens
     assert abs(counts[2][9] / 3000 - p2[2]) < 0.035
+
+
+@pytest.fixture(scope="module")
+def trimmed():
+    """The bundled model: a trimmed vocabulary (its batch samples over the kept ids only)."""
+    from gptoss.models import default_model_path
+
+    return gptoss.load(default_model_path(), dtype="float32")
+
+
+def test_trimmed_vocabulary_is_sampled_over_kept_ids(trimmed):
+    kept = set(trimmed.transformer.vocab.kept.tolist())
+    from openai_harmony import Conversation, Role
+
+    from gptoss.harmony.render import harmony_encoding, system_message, user_message
+
+    conv = Conversation.from_messages([system_message("low"), user_message("What is 12 * 7?")])
+    prompt = harmony_encoding().render_conversation_for_completion(conv, Role.ASSISTANT)
+    free = trimmed.generate(prompt, max_tokens=6, temperature=0)
+    batch = ContinuousBatch(trimmed.transformer)
+    greedy = batch.add(prompt, SamplingParams(max_tokens=6, temperature=0))
+    banned = free[0]
+
+    def ban(tokens, logits):
+        assert logits.shape[-1] == trimmed.transformer.config.vocab_size  # processors see the full vocabulary
+        logits = logits.clone()
+        logits[banned] = float("-inf")
+        return logits
+
+    masked = batch.add(prompt, SamplingParams(max_tokens=4, temperature=0), ban)
+    sampled = batch.add(prompt, SamplingParams(max_tokens=24, temperature=1.5, seed=11))
+    run_all(batch)
+    assert greedy.generated == free  # same tokens as full-vocabulary decoding
+    assert banned not in masked.generated and set(masked.generated) <= kept
+    assert set(sampled.generated) <= kept
+
+
+def test_row_space_draw_equals_full_vocabulary_draw(trimmed):
+    """A seeded draw over the kept columns picks the same token as the draw over all 201,088 logits."""
+    from gptoss.engine.continuous import Seq, sample_rows
+
+    vocab = trimmed.transformer.vocab
+    rows = torch.randn(4, len(vocab.kept), generator=torch.Generator().manual_seed(0)) * 3
+
+    def seqs(params):
+        out = []
+        for k, p in enumerate(params):
+            s = Seq([1], p, None, None)
+            s.generator = torch.Generator().manual_seed(100 + k)
+            out.append(s)
+        return out
+
+    params = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_p=0.9),
+              SamplingParams(temperature=1.2, top_k=20), SamplingParams(temperature=1.0, top_p=0.5, top_k=5)]
+    in_rows = sample_rows(rows, seqs(params))
+    in_full = sample_rows(vocab.expand(rows), seqs(params))
+    assert [int(vocab.kept[r]) for r in in_rows] == in_full

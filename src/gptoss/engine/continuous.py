@@ -103,6 +103,10 @@ class ContinuousBatch:
         self.device = model.embedding.weight.device
         self.dtype = model.embedding.weight.dtype
         self.prefill_chunk = prefill_chunk
+        # A trimmed vocabulary is sampled over its kept ids only (column i is token kept[i]); logits
+        # processors still see full-vocabulary rows.
+        self.vocab = model.vocab
+        self._kept_ids: list[int] | None = None if model.vocab is None else model.vocab.kept.tolist()
         self.rows: list[Seq] = []  # live, each with a row of self.logits to sample from
         self.cache: list[KVCache] | None = None
         self.logits: torch.Tensor | None = None
@@ -172,7 +176,8 @@ class ContinuousBatch:
                 positions[r, :len(part)] = torch.arange(c0, c0 + len(part))
         last = torch.tensor(lengths) - 1
         index = (last - c0).clamp(0, c1 - c0 - 1)
-        out = self.model(tokens.to(self.device), positions.to(self.device), p.cache, index.to(self.device))
+        out = self.model(tokens.to(self.device), positions.to(self.device), p.cache, index.to(self.device),
+                         kept_logits=True)
         here = ((last >= c0) & (last < c1)).to(self.device)
         p.logits = out if p.logits is None else torch.where(here[:, None], out, p.logits)
         p.done_to = c1
@@ -198,10 +203,12 @@ class ContinuousBatch:
         live = [r for r, s in enumerate(self.rows) if not s.dropped]
         rows = self.logits[live] if len(live) < len(self.rows) else self.logits
         if any(self.rows[r].processor is not None for r in live):
-            rows = torch.stack([s.processor(s.generated, rows[k]) if s.processor is not None else rows[k]
+            rows = torch.stack([self._process(s, rows[k]) if s.processor is not None else rows[k]
                                 for k, s in enumerate(self.rows[r] for r in live)])
         if live:
             tokens = sample_rows(rows, [self.rows[r] for r in live])
+            if self._kept_ids is not None:
+                tokens = [self._kept_ids[t] for t in tokens]
         for k, r in enumerate(live):
             s = self.rows[r]
             if s.dropped:  # its processor gave up on it: nothing sampled from unprocessed logits
@@ -228,8 +235,15 @@ class ContinuousBatch:
             s.length += 1
         self.step_sizes.append(len(self.rows))
         self.logits = self.model(feed.to(self.device), positions.to(self.device), self.cache,
-                                 torch.zeros(len(self.rows), dtype=torch.long, device=self.device))
+                                 torch.zeros(len(self.rows), dtype=torch.long, device=self.device), kept_logits=True)
         return events
+
+    def _process(self, seq: Seq, row: torch.Tensor) -> torch.Tensor:
+        """``seq``'s logits processor on one row, through the full vocabulary it is written for."""
+        assert seq.processor is not None
+        if self.vocab is None:
+            return seq.processor(seq.generated, row)
+        return seq.processor(seq.generated, self.vocab.expand(row))[self.vocab.kept]
 
 
 def sample_rows(logits: torch.Tensor, seqs: Sequence[Seq]) -> list[int]:

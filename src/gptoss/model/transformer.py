@@ -261,6 +261,7 @@ class Transformer(nn.Module):
         cache: list[KVCache] | None = None,
         logit_index: torch.Tensor | None = None,
         return_hidden: bool = False,
+        kept_logits: bool = False,
     ) -> torch.Tensor:
         """Run the network.
 
@@ -273,6 +274,9 @@ class Transformer(nn.Module):
                 positions when None.
             return_hidden: return the final-normed hidden states instead of logits (training
                 unembeds only the positions it scores, in chunks).
+            kept_logits: with a trimmed vocabulary, return logits over the kept rows only
+                (``vocab.kept[i]`` is the id of column ``i``); samplers then work on ~3k columns,
+                not 201,088. Ignored for a full vocabulary.
 
         Returns:
             float32 logits ``(B, T, V)``, or ``(B, V)`` with ``logit_index``.
@@ -290,4 +294,4 @@ class Transformer(nn.Module):
         if return_hidden:
             return self.norm(x)
         logits = linear(self.unembedding, self.norm(x)).float()
-        return logits if self.vocab is None else self.vocab.expand(logits)
+        return logits if self.vocab is None or kept_logits else self.vocab.expand(logits)
