@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Set everything up, then run the main job offline: a random gpt-oss checkpoint of the tiny
-# preset is written once, inspected, used to generate tokens and benchmarked.
+# Set everything up, then run the main job offline on the bundled gpt-oss-tiny model: inspect it,
+# ask it questions (the python tool in its sandbox, a plain chat turn), and benchmark it.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-model="${GPTOSS_DEMO_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/gptoss/models/tiny-random}"
-[ -d "$model" ] || .venv/bin/gptoss checkpoint random "$model" --preset tiny --seed 0
+model="$(.venv/bin/python -c 'from gptoss.models import default_model_path; print(default_model_path())')"
 .venv/bin/gptoss inspect "$model"
-.venv/bin/gptoss generate --model "$model" --tokens 200006,1428,200008,13225 --max-tokens 16 --temperature 0 --json
-.venv/bin/gptoss bench --model "$model" --prompt-tokens 128 --gen-tokens 16 "$@"
+echo "Hello, who are you?" | .venv/bin/gptoss chat --temperature 0
+.venv/bin/gptoss generate "What is 4817 * 23?" --python --show-reasoning --temperature 0
+.venv/bin/gptoss bench --prompt-tokens 128 --gen-tokens 32 "$@"

@@ -16,7 +16,7 @@ from gptoss.weights.random_ckpt import write_random_checkpoint
 FIELDS = {
     "model", "dtype", "device", "threads", "prompt_tokens", "gen_tokens", "decode_tokens", "load_seconds",
     "prefill_seconds", "prefill_tok_s", "decode_seconds", "decode_tok_s", "peak_rss_bytes", "rss_bytes",
-    "weight_bytes_read_per_token", "bandwidth_bytes_s", "bandwidth_share",
+    "weight_bytes_read_per_token", "bandwidth_bytes_s", "copy_bandwidth_bytes_s", "bandwidth_share",
 }
 
 
@@ -126,9 +126,10 @@ def test_bench_missing_checkpoint_is_an_error(tmp_path: Path) -> None:
     assert main(["bench", "--model", str(tmp_path / "nope")]) == 1
 
 
-def test_measure_memory_bandwidth_is_plausible_and_bounded() -> None:
+@pytest.mark.parametrize("mode", ["copy", "read"])
+def test_measure_memory_bandwidth_is_plausible_and_bounded(mode: str) -> None:
     t0 = time.perf_counter()
-    bw = stats.measure_memory_bandwidth(seconds=0.2, nbytes=32 * 1024**2)
+    bw = stats.measure_memory_bandwidth(seconds=0.2, nbytes=32 * 1024**2, mode=mode)
     elapsed = time.perf_counter() - t0
     assert 100e6 < bw < 1e13
     assert elapsed < 10
@@ -139,6 +140,8 @@ def test_measure_memory_bandwidth_rejects_bad_arguments() -> None:
         stats.measure_memory_bandwidth(seconds=0)
     with pytest.raises(ValueError):
         stats.measure_memory_bandwidth(nbytes=100)
+    with pytest.raises(ValueError, match="mode"):
+        stats.measure_memory_bandwidth(mode="write")
 
 
 def test_rss_helpers() -> None:

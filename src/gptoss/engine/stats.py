@@ -54,37 +54,49 @@ def _sync(device: torch.device) -> None:
 
 def measure_memory_bandwidth(seconds: float = 1.0, nbytes: int = DEFAULT_BANDWIDTH_BYTES,
                              device: str | torch.device = "cpu", min_reps: int = 3,
-                             max_reps: int = 200) -> float:
-    """Best observed copy bandwidth in bytes/s (read + write bytes counted).
+                             max_reps: int = 200, mode: str = "copy") -> float:
+    """Best observed memory bandwidth in bytes/s.
 
-    Copies ``nbytes / 2`` bytes between two buffers (both touched first so page faults are not
-    timed) at least ``min_reps`` times and keeps going until ``seconds`` have passed or
-    ``max_reps`` copies are done. The buffers are freed before returning. Runs in roughly
-    ``max(seconds, min_reps copies)`` plus the time to fill the buffers once.
+    ``mode="copy"``: copies ``nbytes / 2`` bytes between two buffers, read + write bytes counted.
+    ``mode="read"``: sums an ``nbytes`` float32 buffer, bytes read counted -- what decoding does
+    with its weights, so the bound of a decode rate is this bandwidth over the bytes read per token.
+    Buffers are touched first (page faults are not timed); the operation runs at least ``min_reps``
+    times and until ``seconds`` have passed or ``max_reps`` runs are done. The buffers are freed
+    before returning. Uses torch's threads.
     """
     if seconds <= 0 or nbytes < 2 * 4096:
         raise ValueError(f"need seconds > 0 and nbytes >= 8192, got {seconds!r}, {nbytes!r}")
+    if mode not in ("copy", "read"):
+        raise ValueError(f"mode must be 'copy' or 'read', got {mode!r}")
     dev = torch.device(device)
-    n = nbytes // 2 // 8  # int64 elements per buffer
-    src = torch.ones(n, dtype=torch.int64, device=dev)
-    dst = torch.zeros(n, dtype=torch.int64, device=dev)
-    moved = 2 * n * 8
-    best = 0.0
-    try:
-        _sync(dev)
-        start = time.perf_counter()
-        for rep in range(max_reps):
-            t0 = time.perf_counter()
+    if mode == "copy":
+        n = nbytes // 2 // 8  # int64 elements per buffer
+        src = torch.ones(n, dtype=torch.int64, device=dev)
+        dst = torch.zeros(n, dtype=torch.int64, device=dev)
+        moved = 2 * n * 8
+
+        def once() -> None:
             dst.copy_(src)
-            _sync(dev)
-            dt = time.perf_counter() - t0
-            if dt > 0:
-                best = max(best, moved / dt)
-            if rep + 1 >= min_reps and time.perf_counter() - start >= seconds:
-                break
-    finally:
-        del src, dst
-    return best
+    else:
+        n = nbytes // 4
+        src = dst = torch.ones(n, dtype=torch.float32, device=dev)
+        moved = n * 4
+
+        def once() -> None:
+            src.sum()
+    best = 0.0
+    _sync(dev)
+    start = time.perf_counter()
+    for rep in range(max_reps):
+        t0 = time.perf_counter()
+        once()
+        _sync(dev)
+        dt = time.perf_counter() - t0
+        if dt > 0:
+            best = max(best, moved / dt)
+        if rep + 1 >= min_reps and time.perf_counter() - start >= seconds:
+            break
+    return best  # the buffers go with this frame and the closure
 
 
 def bandwidth_share(weight_bytes_per_token: int, decode_tok_s: float, bandwidth_bytes_s: float) -> float:
