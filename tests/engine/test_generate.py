@@ -61,3 +61,31 @@ def test_rows_finish_independently(model):
     assert sum(e.finish_reason == "length" for e in events) == 2
     assert gen.generated[1] == model.generate(prompts[1], max_tokens=9, temperature=0)
     assert all(e.logprob <= 0 for e in events)
+
+
+def test_trimmed_vocabulary_decodes_over_kept_ids_with_full_vocabulary_results():
+    """The bundled model (trimmed vocabulary): greedy tokens and log-probs equal those of the full 201,088-way
+    logits, processors get full rows, and sampled tokens are kept ids."""
+    from gptoss.models import default_model_path
+
+    model = gptoss.load(default_model_path(), dtype="float32")
+    vocab = model.transformer.vocab
+    prompt = [200006, 17360, 200008, 3575, 553, 200007, 200006, 1428, 200008, 13225, 200007, 200006, 173781]
+    seen = []
+
+    def spy(tokens, logits):
+        seen.append(logits.shape[-1])
+        return logits
+
+    gen = BatchGenerator(model.transformer, [prompt, prompt],
+                         [SamplingParams(max_tokens=5, temperature=0), SamplingParams(max_tokens=12, temperature=1.3,
+                                                                                      seed=5)],
+                         logits_processors=[spy, None])
+    events = list(gen)
+    greedy = [e for e in events if e.row == 0]
+    for k, ev in enumerate(greedy):
+        full = model.logits(prompt + gen.generated[0][:k])[-1]
+        assert ev.token == int(full.argmax())
+        assert ev.logprob == pytest.approx(float(torch.log_softmax(full, -1)[ev.token]), abs=1e-4)
+    assert set(seen) == {model.transformer.config.vocab_size}
+    assert set(gen.generated[1]) <= set(vocab.kept.tolist())

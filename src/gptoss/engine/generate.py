@@ -72,6 +72,10 @@ class BatchGenerator:
         self.generated: list[list[int]] = [[] for _ in range(b)]
         self.finished = [False] * b
         self._next_logits: torch.Tensor | None = None  # (B, V) logits to sample from
+        # A trimmed vocabulary is sampled over its kept ids only (column i is token kept[i]); -inf
+        # columns carry no probability, so greedy picks and log-probabilities are unchanged.
+        self.vocab = model.vocab
+        self._kept_ids: list[int] | None = None if model.vocab is None else model.vocab.kept.tolist()
 
     @property
     def done(self) -> bool:
@@ -92,7 +96,8 @@ class BatchGenerator:
                 tokens[r, :len(part)] = torch.tensor(part)
                 positions[r, :len(part)] = torch.arange(c0, c0 + len(part))
             index = (last - c0).clamp(0, c1 - c0 - 1)
-            out = self.model(tokens.to(self.device), positions.to(self.device), self.cache, index)  # (B, V)
+            out = self.model(tokens.to(self.device), positions.to(self.device), self.cache, index,
+                             kept_logits=True)  # (B, V) or (B, kept)
             here = (last >= c0) & (last < c1)
             logits = out if logits is None else torch.where(here[:, None], out, logits)
         self._next_logits = logits
@@ -111,13 +116,18 @@ class BatchGenerator:
             if self.finished[r]:
                 continue
             row_logits = self._next_logits[r]
-            if self.processors[r] is not None:
-                row_logits = self.processors[r](self.generated[r], row_logits)
-            tok = self.samplers[r](row_logits)
+            processor = self.processors[r]
+            if processor is not None:  # written for full-vocabulary rows
+                if self.vocab is None:
+                    row_logits = processor(self.generated[r], row_logits)
+                else:
+                    row_logits = processor(self.generated[r], self.vocab.expand(row_logits))[self.vocab.kept]
+            col = self.samplers[r](row_logits)
+            tok = col if self._kept_ids is None else self._kept_ids[col]
             self.generated[r].append(tok)
             reason = ("stop" if tok in params.stop
                       else "length" if len(self.generated[r]) >= params.max_tokens else None)
-            events.append(TokenEvent(r, tok, float(logprobs[r, tok]), reason))
+            events.append(TokenEvent(r, tok, float(logprobs[r, col]), reason))
             if reason:
                 self.finished[r] = True
             else:
@@ -125,7 +135,8 @@ class BatchGenerator:
                 self.lengths[r] += 1
         if not self.done:
             self._next_logits = self.model(feed.to(self.device), positions.to(self.device), self.cache,
-                                           torch.zeros(len(self.prompts), dtype=torch.long, device=self.device))
+                                           torch.zeros(len(self.prompts), dtype=torch.long, device=self.device),
+                                           kept_logits=True)
         return events
 
     def __iter__(self) -> Iterator[TokenEvent]:
