@@ -243,7 +243,7 @@ class ContinuousBatch:
         assert seq.processor is not None
         if self.vocab is None:
             return seq.processor(seq.generated, row)
-        return seq.processor(seq.generated, self.vocab.expand(row))[self.vocab.kept]
+        return self.vocab.process(seq.processor, seq.generated, row)
 
 
 def sample_rows(logits: torch.Tensor, seqs: Sequence[Seq]) -> list[int]:

@@ -121,7 +121,7 @@ class BatchGenerator:
                 if self.vocab is None:
                     row_logits = processor(self.generated[r], row_logits)
                 else:
-                    row_logits = processor(self.generated[r], self.vocab.expand(row_logits))[self.vocab.kept]
+                    row_logits = self.vocab.process(processor, self.generated[r], row_logits)
             col = self.samplers[r](row_logits)
             tok = col if self._kept_ids is None else self._kept_ids[col]
             self.generated[r].append(tok)

@@ -240,6 +240,10 @@ class TrimmedVocab(nn.Module):
         full[..., self.kept] = logits
         return full
 
+    def process(self, processor, tokens, logits: torch.Tensor) -> torch.Tensor:
+        """A logits processor (written for full-vocabulary rows) on kept-row logits; returns kept-row logits."""
+        return processor(tokens, self.expand(logits))[..., self.kept]
+
 
 class Transformer(nn.Module):
     """Embedding -> blocks -> RMSNorm -> untied unembedding (no bias, no scaling, no soft-cap)."""
