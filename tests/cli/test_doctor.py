@@ -12,6 +12,7 @@ import pytest
 from gptoss.cli import doctor
 from gptoss.tools import python_tool
 
+PROBE = "{}:{}".format(*doctor.PROBE_ADDRESS)  # the address doctor shows the guard (never contacted)
 GUARDED = "import sys\nfrom gptoss.cli.main import main\nsys.exit(main({argv!r}))"  # main installs the guard
 # doctor's own run() without the CLI entry point: nothing installed the guard or set the environment
 UNGUARDED = ("import sys, argparse\nfrom gptoss.cli import doctor\nargv = {argv!r}\n"
@@ -35,7 +36,7 @@ def test_healthy_json_report(tmp_path):
     checks = report["checks"]
     assert checks["egress_guard"]["ok"] is True and "localhost" in checks["egress_guard"]["allowed_hosts"]
     probe = checks["egress_guard"]["probe"]
-    assert probe["refused"] is True and "192.0.2.1:443" in probe["message"] and "blocked" in probe["message"]
+    assert probe["refused"] is True and PROBE in probe["message"] and "blocked" in probe["message"]
     assert checks["offline_env"]["values"]["HF_HUB_OFFLINE"] == "1"
     assert checks["paths"]["paths"]["cache_dir"] == str(tmp_path / "cache")
     assert checks["paths"]["paths"]["cache_dir_source"] == "$GPTOSS_CACHE_DIR"
@@ -58,8 +59,8 @@ def test_text_report_shows_the_refused_connection_and_configured_hosts(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok    egress guard" in proc.stdout
     assert "allowed hosts: localhost, mirror.internal" in proc.stdout
-    assert "a connection to 192.0.2.1:443 is refused" in proc.stdout
-    assert "probe: network access to '192.0.2.1:443' is blocked" in proc.stdout
+    assert f"a connection to {PROBE} is refused" in proc.stdout
+    assert f"probe: network access to '{PROBE}' is blocked" in proc.stdout
     assert "search index:" in proc.stdout and "bundled model:" in proc.stdout
 
 
