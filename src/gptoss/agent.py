@@ -88,7 +88,7 @@ class Agent:
         self.max_tool_rounds = max_tool_rounds
 
     def run(self, messages: Sequence[Message], params: SamplingParams,
-            cancel: threading.Event | None = None) -> Iterator[AgentEvent]:
+            cancel: threading.Event | None = None, prompt: Sequence[int] | None = None) -> Iterator[AgentEvent]:
         """Continue ``messages`` (ending with a user or tool message) until the model answers.
 
         ``params.max_tokens`` bounds the sampled tokens of the whole turn; harmony stop tokens
@@ -101,7 +101,8 @@ class Agent:
         stops = tuple(dict.fromkeys((*params.stop, *stop_tokens())))
         budget = params.max_tokens
         for round_no in range(self.max_tool_rounds + 1):
-            prompt = render_for_completion(history)
+            # ``prompt``: the caller's rendering of ``messages`` (the server renders once to check the context)
+            prompt = list(prompt) if round_no == 0 and prompt is not None else render_for_completion(history)
             usage.prompt_tokens = len(prompt)
             parser = StreamParser()
             round_params = replace(params, max_tokens=budget, stop=stops)

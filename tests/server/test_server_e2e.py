@@ -62,6 +62,24 @@ def test_chat_create_and_stream(tiny_client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
 
 
+def test_shared_preamble_is_reported_as_cached_tokens(tiny_client):
+    """The second request with the same system and developer messages starts from the engine's prefix cache,
+    and usage says how much of its prompt that was (both APIs)."""
+    def chat(text: str):
+        messages = [{"role": "system", "content": "You answer questions about the prefix-cache test."},
+                    {"role": "user", "content": text}]
+        return tiny_client.chat.completions.create(model="gpt-oss-20b", messages=messages, max_tokens=2, seed=1,
+                                                   reasoning_effort="high").usage
+    first, second = chat("What is the first question?"), chat("And a second, different one?")
+    cached = second.prompt_tokens_details.cached_tokens
+    assert cached > first.prompt_tokens_details.cached_tokens
+    assert 50 < cached < second.prompt_tokens
+    resp = tiny_client.responses.create(model="gpt-oss-20b", input="Third question", max_output_tokens=2,
+                                        instructions="You answer questions about the prefix-cache test.",
+                                        reasoning={"effort": "high"})
+    assert resp.usage.input_tokens_details.cached_tokens == cached
+
+
 def test_bad_key_and_bad_request(tiny_client):
     bad = tiny_client.with_options(api_key="wrong")
     with pytest.raises(openai.AuthenticationError):

@@ -74,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="--device of the server it starts (default: %(default)s)")
     p.add_argument("--server-ops", dest="server_ops", default="auto", choices=["auto", "reference", "cpu"],
                    help="--ops of the server it starts (default: %(default)s)")
+    p.add_argument("--prefix-cache", type=int, default=256, metavar="MB",
+                   help="--prefix-cache of the server it starts; 0 turns the prefix cache off (default: %(default)s)")
     p.add_argument("--url", metavar="URL", help="benchmark this running server instead of starting one")
     p.add_argument("--api-key", metavar="KEY", default="bench", help="bearer key to send (default: %(default)s)")
     p.add_argument("--streams", default="1,4,8", metavar="N,N,...",
@@ -117,7 +119,7 @@ class _Server:
         cmd = [sys.executable, "-m", "gptoss.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--db", str(store), "--api-key", args.api_key, "--dtype", args.dtype, "--device", args.device,
                "--ops", args.server_ops, "--max-batch", str(args.max_batch), "--max-queue", str(args.max_batch),
-               "--log-level", "warning"]
+               "--prefix-cache", str(args.prefix_cache), "--log-level", "warning"]
         if args.model:
             cmd += ["--model", str(args.model)]
         self.log = tempfile.TemporaryFile()

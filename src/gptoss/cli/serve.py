@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
                    help="requests decoded together: each joins the running forward passes as it arrives and "
                         "leaves when done (continuous batching; default: %(default)s)")
+    p.add_argument("--prefix-cache", type=int, default=256, metavar="MB",
+                   help="memory for cached KV states of shared prompt preambles (system/developer messages, "
+                        "earlier turns), reused by later requests; 0 turns it off (default: %(default)s)")
     p.add_argument("--max-tool-calls", type=positive_int, default=8, metavar="N",
                    help="built-in tool calls the server runs within one response (default: %(default)s)")
     p.add_argument("--max-body", type=positive_int, default=16, metavar="MB",
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model = Model.load(args.model, dtype=args.dtype, device=args.device)
     name = args.served_model_name or Path(args.model).resolve().name
-    engine = ModelEngine(model.transformer, name, max_queue=args.max_queue, max_batch=args.max_batch)
+    engine = ModelEngine(model.transformer, name, max_queue=args.max_queue, max_batch=args.max_batch,
+                         prefix_cache_bytes=max(0, args.prefix_cache) * 2**20)
     app = create_app(engine, db_path=args.db, api_keys=args.api_key, max_queue=args.max_queue,
                      default_max_tokens=args.max_tokens, max_tool_rounds=args.max_tool_calls,
                      builtin=builtin if builtin.any else None, max_body_bytes=args.max_body * 1024 * 1024)

@@ -6,6 +6,10 @@ sequences are prefilled as a group in their own cache, one chunk per :meth:`Cont
 sequence that finishes or is dropped is cut out of it before the next forward. Each ``advance`` runs
 at most one prefill chunk and one decode step (one token for every live sequence, one forward).
 
+A group whose prompts share a preamble (the system message, the developer message, an earlier conversation:
+whole messages only) starts from a :class:`~gptoss.engine.prefix.PrefixCache` state of it; on a miss the
+preamble is run once, for one row, stored, and copied into every row of the group.
+
 Splicing works on the cache tensors directly (``k``, ``v``, ``pos``, ``lengths`` per row): ring caches
 of one model share a capacity, growing caches are padded to the larger capacity first.
 """
@@ -20,6 +24,15 @@ from typing import Any
 import torch
 
 from gptoss.engine.generate import DEFAULT_PREFILL_CHUNK, check_tokens
+from gptoss.engine.prefix import (
+    DEFAULT_MAX_BYTES,
+    MAX_CUTS,
+    MIN_PREFIX,
+    PrefixCache,
+    boundaries,
+    common_prefix,
+    repeat_rows,
+)
 from gptoss.engine.sampling import LogitsProcessor, SamplingParams, filter_logits
 from gptoss.model.cache import FullKVCache, KVCache, make_cache
 from gptoss.model.transformer import Transformer
@@ -38,6 +51,7 @@ class Seq:
     generator: torch.Generator | None = None  # None: greedy
     length: int = 0  # tokens in the cache (prompt + fed tokens)
     dropped: bool = False
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache, not recomputed
 
 
 @dataclass
@@ -97,7 +111,8 @@ def select_rows(caches: list[KVCache], rows: torch.Tensor) -> list[KVCache]:
 class ContinuousBatch:
     """A running decode batch that sequences join (:meth:`add`) and leave (finished or :meth:`drop`)."""
 
-    def __init__(self, model: Transformer, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+    def __init__(self, model: Transformer, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 prefix_cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.model = model
         self.cfg = model.config
         self.device = model.embedding.weight.device
@@ -113,6 +128,7 @@ class ContinuousBatch:
         self.waiting: list[Seq] = []  # added, not yet prefilling
         self.prefilling: _Prefill | None = None
         self.step_sizes: list[int] = []  # rows in each decode forward (observability, tests)
+        self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
 
     def __len__(self) -> int:
         """Sequences in the batch, waiting or prefilling included."""
@@ -145,6 +161,8 @@ class ContinuousBatch:
         """Forget everything (after a failed forward); returns the sequences that were in the batch."""
         seqs = self.all_sequences()
         self.rows, self.waiting, self.prefilling, self.cache, self.logits = [], [], None, None, None
+        if self.prefixes is not None:
+            self.prefixes.clear()
         return seqs
 
     # -- one step -------------------------------------------------------------------------------------
@@ -152,12 +170,53 @@ class ContinuousBatch:
     def advance(self) -> list[SeqEvent]:
         """One prefill chunk for the joining group (if any), then one decode step for the live rows."""
         self._purge_waiting()
+        ran = False  # this step's prefill forward is spent
         if self.prefilling is None and self.waiting:
             group, self.waiting = self.waiting, []
-            self.prefilling = _Prefill(group, make_cache(self.cfg, len(group), self.dtype, self.device))
-        if self.prefilling is not None:
+            self.prefilling, ran = self._start_group(group)
+        if self.prefilling is not None and not ran:
             self._prefill_chunk(self.prefilling)
         return self._decode()
+
+    def _start_group(self, group: list[Seq]) -> tuple[_Prefill, bool]:
+        """The group's prefill state, started from its shared preamble when there is one; True when running
+        that preamble took this step's prefill forward."""
+        b = len(group)
+        if self.prefixes is not None:
+            prompts = [s.prompt for s in group]
+            limit = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)  # each row keeps a token to run
+            shared = next(iter(boundaries(prompts[0], limit)), 0)
+            if shared >= MIN_PREFIX:
+                hit, state = self.prefixes.lookup(prompts[0], shared)
+                ran = hit < shared and shared - hit <= self.prefill_chunk
+                if ran:
+                    # Stored at each message boundary on the way (a few), so a later prompt that shares only
+                    # the system message, or system + developer, still finds its preamble.
+                    cuts = [n for n in reversed(boundaries(prompts[0], shared)) if n > hit]
+                    if len(cuts) > MAX_CUTS:
+                        cuts = cuts[:MAX_CUTS - 1] + cuts[-1:]
+                    start = hit
+                    for n in cuts:
+                        state = self._run_prefix(state, prompts[0], start, n)
+                        self.prefixes.store(prompts[0][:n], state)
+                        start = n
+                    self.prefixes.misses += 1
+                if state is not None:
+                    if hit:
+                        self.prefixes.hits += 1
+                        self.prefixes.hit_tokens += hit * b
+                    for s in group:
+                        s.cached_tokens = hit
+                    return _Prefill(group, repeat_rows(state, b), done_to=shared if ran else hit), ran
+        return _Prefill(group, make_cache(self.cfg, b, self.dtype, self.device)), False
+
+    def _run_prefix(self, state: list[KVCache] | None, prompt: list[int], start: int, end: int) -> list[KVCache]:
+        """A one-row cache holding ``prompt[:end]``: ``state`` (holding ``prompt[:start]``) extended."""
+        cache = repeat_rows(state, 1) if state is not None else make_cache(self.cfg, 1, self.dtype, self.device)
+        tokens = torch.tensor([prompt[start:end]], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, end, device=self.device)[None]
+        self.model(tokens, positions, cache, torch.tensor([end - start - 1], device=self.device), return_hidden=True)
+        return cache
 
     def _purge_waiting(self) -> None:
         self.waiting = [s for s in self.waiting if not s.dropped]

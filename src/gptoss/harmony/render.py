@@ -136,9 +136,16 @@ def harmony_encoding() -> HarmonyEncoding:
 def stop_tokens() -> list[int]:
     """Sampling stops: ``<|return|>`` and ``<|call|>`` from the encoding, plus ``<|endoftext|>`` as a safety net.
     ``<|end|>`` is deliberately absent (SPEC §4.7)."""
+    return list(_stop_tokens())
+
+
+@cache
+def _stop_tokens() -> tuple[int, ...]:
+    # Computed once: encoding with allowed specials builds a regex over every special token (milliseconds of
+    # GIL time, per request, on the server's hot path).
     enc = harmony_encoding()
     eot = enc.encode("<|endoftext|>", allowed_special={"<|endoftext|>"})
-    return sorted(set(enc.stop_tokens_for_assistant_actions()) | set(eot))
+    return tuple(sorted(set(enc.stop_tokens_for_assistant_actions()) | set(eot)))
 
 
 def system_message(effort: str = "medium", date: str | None = None, browser: bool = False, python: bool = False,

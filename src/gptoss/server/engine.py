@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from gptoss.engine.continuous import ContinuousBatch
+from gptoss.engine.prefix import DEFAULT_MAX_BYTES as DEFAULT_PREFIX_BYTES
 from gptoss.engine.sampling import LogitsProcessor, SamplingParams
 from gptoss.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
 
@@ -67,6 +68,30 @@ class _Job:
         return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
 
 
+class _Stream:
+    """The token iterator :meth:`ModelEngine.generate` returns; ``cached_tokens`` (prompt tokens the batch
+    took from its prefix cache) is known once the request has been admitted."""
+
+    def __init__(self, job: _Job, worker: threading.Thread) -> None:
+        self.job = job
+        self._it = _drain(job, worker)
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> int:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+        self.job.stop.set()  # also when it was never started: the worker drops the job
+
+    @property
+    def cached_tokens(self) -> int:
+        seq = self.job.seq
+        return seq.cached_tokens if seq is not None else 0
+
+
 def _drain(job: _Job, worker: threading.Thread) -> Iterator[int]:
     try:
         while True:
@@ -95,14 +120,15 @@ class ModelEngine:
     """
 
     def __init__(self, model, model_id: str, max_queue: int = DEFAULT_MAX_QUEUE,
-                 max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = 512) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = 512,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES) -> None:
         self.model = model  # gptoss.model.transformer.Transformer
         self.model_id = model_id
         cfg = model.config
         self.max_context = int(cfg.initial_context_length * cfg.rope_scaling_factor)
         self.max_queue = max(0, max_queue)
         self.max_batch = max(1, max_batch)
-        self.batch = ContinuousBatch(model, prefill_chunk)
+        self.batch = ContinuousBatch(model, prefill_chunk, prefix_cache_bytes)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._inflight = 0  # waiting + running
         self._lock = threading.Lock()
@@ -126,7 +152,7 @@ class ModelEngine:
                 raise EngineBusy(f"the generation queue is full ({self.max_queue} waiting)")
             self._inflight += 1
         self._jobs.put(job)
-        return _drain(job, self._thread)
+        return _Stream(job, self._thread)
 
     def _finish(self, job: _Job, error: BaseException | None = None) -> None:
         with self._lock:

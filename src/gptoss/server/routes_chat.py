@@ -47,7 +47,8 @@ def plan_chat(body: ChatRequest, ctx: ServerContext) -> tuple[TurnRequest, ToolS
     session = ctx.sessions.checkout(() if choice.mode == "none" else ctx.sessions.available)
     try:
         messages = hb.header_messages(effort, instructions, rendered, fmt, session.system_options()) + convo
-        prompt_len = len(render_for_completion(messages))
+        prompt = render_for_completion(messages)
+        prompt_len = len(prompt)
         params = SamplingParams(max_tokens=ctx.budget(prompt_len, body.max_completion_tokens or body.max_tokens),
                                 temperature=1.0 if body.temperature is None else body.temperature,
                                 top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed)
@@ -56,7 +57,7 @@ def plan_chat(body: ChatRequest, ctx: ServerContext) -> tuple[TurnRequest, ToolS
         raise
     return TurnRequest(messages, params, tuple(f.name for f in rendered), constraint, stop_strings=tuple(stops),
                        max_tool_rounds=ctx.max_tool_rounds, builtins=session.tools,
-                       container_id=session.container_id), session
+                       container_id=session.container_id, prompt=prompt), session
 
 
 def _finish_reason(result: TurnResult) -> str:

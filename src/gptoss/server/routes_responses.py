@@ -69,7 +69,8 @@ def plan_response(body: ResponsesRequest, ctx: ServerContext) -> Plan:
     session = ctx.sessions.checkout(() if choice.mode == "none" else builtins, body.previous_response_id)
     try:
         messages = hb.header_messages(effort, instructions, rendered, fmt, session.system_options()) + convo
-        prompt_len = len(render_for_completion(messages))
+        prompt = render_for_completion(messages)
+        prompt_len = len(prompt)
         params = SamplingParams(max_tokens=ctx.budget(prompt_len, body.max_output_tokens),
                                 temperature=1.0 if body.temperature is None else body.temperature,
                                 top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed)
@@ -78,7 +79,7 @@ def plan_response(body: ResponsesRequest, ctx: ServerContext) -> Plan:
         raise
     rounds = ctx.max_tool_rounds if body.max_tool_calls is None else min(ctx.max_tool_rounds, body.max_tool_calls)
     turn = TurnRequest(messages, params, tuple(f.name for f in rendered), constraint, max_tool_rounds=rounds,
-                       builtins=session.tools, container_id=session.container_id)
+                       builtins=session.tools, container_id=session.container_id, prompt=prompt)
     tool_choice = body.tool_choice if body.tool_choice is not None else "auto"
     response = {
         "id": new_id("resp"), "object": "response", "created_at": int(time.time()), "status": "in_progress",

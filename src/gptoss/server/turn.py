@@ -12,7 +12,7 @@ turn. Recipient-less commentary preambles are dropped (counted in usage). Calls 
 browser, citation markers in the answer become `` ([domain](url))`` plus ``url_citation`` annotations.
 Usage: ``input_tokens`` = the first rendered prompt plus tool messages inserted by the server (built-in tool
 results are not sampled, so they count as input); ``output_tokens`` = every sampled token; ``cached_tokens`` =
-0 (no prefix cache yet).
+the first prompt's tokens the engine took from its prefix cache instead of recomputing.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class TurnRequest:
     max_tool_rounds: int = 3
     builtins: Sequence[Tool] = ()  # browser / python tools the server runs for this turn
     container_id: str | None = None  # names the python session in code_interpreter_call items
+    prompt: Sequence[int] | None = None  # messages already rendered (the route measured it): not rendered twice
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Turn:
         self.stopper = _StopFilter(req.stop_strings)
         self.prompt_lens: list[int] = []
         self.sampled: list[int] = []
+        self.cached: list[int] = []  # prefix-cache hits per round (engines that report them)
         self.constraints: list[HarmonyConstraint] = []
         self.namespaces = {t.namespace for t in req.builtins}
         browser = next((t for t in req.builtins if t.namespace == "browser"), None)
@@ -156,6 +158,7 @@ class Turn:
             close = getattr(tokens, "close", None)
             if close is not None:
                 close()
+            self.cached.append(int(getattr(tokens, "cached_tokens", 0)))
 
     # -- items ----------------------------------------------------------------------------------------------
     def _open(self, kind: str, name: str | None = None) -> Item:
@@ -279,7 +282,7 @@ class Turn:
         done: TurnDone | None = None
         error: dict[str, str] | None = None
         try:
-            for ev in agent.run(self.req.messages, self.req.params, self.cancel):
+            for ev in agent.run(self.req.messages, self.req.params, self.cancel, prompt=self.req.prompt):
                 done = self._on_event(ev) or done
         except EngineBusy as e:
             error = {"code": "rate_limit_exceeded", "message": str(e)}
@@ -303,7 +306,7 @@ class Turn:
         first = self.prompt_lens[0] if self.prompt_lens else 0
         inputs = max(first, (self.prompt_lens[-1] - sum(self.sampled[:-1])) if self.prompt_lens else 0)
         res = TurnResult("completed", "stop", self.items, inputs, sampled,
-                         done.usage.reasoning_tokens if done else 0)
+                         done.usage.reasoning_tokens if done else 0, self.cached[0] if self.cached else 0)
         if error is not None or done is None:
             res.status, res.finish_reason = "failed", "error"
             res.error = error or {"code": "server_error", "message": "generation ended without a result"}
