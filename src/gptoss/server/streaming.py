@@ -1,7 +1,7 @@
 """SSE framing and the bridge between a generation thread and the event loop.
 
 Generation runs in its own thread (the engine blocks); what it produces crosses to the event loop through
-an ``asyncio.Queue``. When the client goes away, Starlette cancels the streaming task; the ``finally`` of
+an ``asyncio.Queue``; records that are waiting together are written together. When the client goes away, Starlette cancels the streaming task; the ``finally`` of
 :func:`stream_from_thread` then sets the request's cancel event and the engine stops at its next token.
 A non-streaming request polls for a disconnect while it waits (:func:`wait_for_thread`).
 """
@@ -61,9 +61,18 @@ def stream_from_thread(work: Callable[[Callable[[str], None]], None], cancel: th
     threading.Thread(target=target, name="gptoss-request", daemon=True).start()
 
     async def events() -> AsyncIterator[str]:
+        # Records already waiting go out in one write: under load a stream's events pile up between two turns
+        # of the event loop, and one send per record costs the loop (and the client) more than the model.
         try:
             while (item := await queue.get()) is not _CLOSE:
-                yield item
+                parts = [item]
+                while not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt is _CLOSE:
+                        yield "".join(parts)
+                        return
+                    parts.append(nxt)
+                yield item if len(parts) == 1 else "".join(parts)
         finally:
             cancel.set()  # normal end: harmless; disconnect: stops generation
 
