@@ -12,6 +12,10 @@ What is measured, per level:
 - **aggregate tok/s** = tokens / seconds; **per-stream tok/s** = the mean over requests of tokens divided by
   that request's time from its first streamed token to its end; **TTFT** = mean time to the first delta.
 
+The sweep over the levels runs ``--repeat`` times, interleaved (1, 4, 8, 1, 4, 8, ...), and each level's
+figures are the totals over its sweeps: a machine whose speed drifts (shared cores, thermal limits) then
+slows every level alike instead of skewing the speed-up; each sweep's aggregate tok/s is kept in the JSON.
+
 One untimed warm-up request runs first. Every request has a fixed ``max_tokens`` budget (the model may stop
 earlier; counts are what was sampled). Results go to a table and, with ``--json OUT``, to a file.
 """
@@ -50,6 +54,7 @@ class Level:
     per_stream_tokens_per_s: float
     ttft_ms: float
     errors: int = 0
+    sweeps_tokens_per_s: list[float] = field(default_factory=list)  # aggregate tok/s of each sweep
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Report:
     api: str
     max_tokens: int
     rounds: int
+    repeat: int = 1
     levels: list[Level] = field(default_factory=list)
     speedup: dict[str, float] = field(default_factory=dict)  # "N": aggregate tok/s at N / at the first level
 
@@ -80,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", metavar="KEY", default="bench", help="bearer key to send (default: %(default)s)")
     p.add_argument("--streams", default="1,4,8", metavar="N,N,...",
                    help="concurrency levels (default: %(default)s)")
+    p.add_argument("--repeat", type=positive_int, default=3, metavar="K",
+                   help="sweeps over the levels, interleaved; figures are totals over them (default: %(default)s)")
     p.add_argument("--rounds", type=positive_int, default=2, metavar="R",
                    help="requests per stream at each level (default: %(default)s)")
     p.add_argument("--max-tokens", type=positive_int, default=64, metavar="N",
@@ -238,11 +246,26 @@ async def _level(url: str, args: argparse.Namespace, n: int) -> Level:
                  round(1000 * sum(ttft) / len(ttft), 1) if ttft else 0.0, len(errors))
 
 
+def merge_levels(runs: list[Level]) -> Level:
+    """One level's sweeps as one: totals of requests, tokens and seconds; means weighted by requests."""
+    requests = sum(r.requests for r in runs)
+    tokens = sum(r.tokens for r in runs)
+    seconds = sum(r.seconds for r in runs)
+
+    def mean(attr: str) -> float:
+        return round(sum(getattr(r, attr) * r.requests for r in runs) / requests, 2) if requests else 0.0
+
+    return Level(runs[0].streams, requests, tokens, round(seconds, 3), round(tokens / seconds, 2) if seconds else 0.0,
+                 mean("per_stream_tokens_per_s"), round(mean("ttft_ms"), 1), sum(r.errors for r in runs),
+                 [r.tokens_per_s for r in runs])
+
+
 def _print(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"gptoss bench serve: {report.model} ({report.api}, max_tokens={report.max_tokens})")
+    table = Table(title=f"gptoss bench serve: {report.model} ({report.api}, max_tokens={report.max_tokens}, "
+                        f"{report.repeat} sweep{'s' if report.repeat != 1 else ''})")
     for col in ("streams", "requests", "tokens", "seconds", "aggregate tok/s", "per-stream tok/s", "TTFT ms",
                 "speed-up"):
         table.add_column(col, justify="right")
@@ -276,12 +299,15 @@ def run(args: argparse.Namespace) -> int:
             model = card.json()["data"][0]["id"]
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
             raise ValueError(f"{url}: not a gptoss/OpenAI server ({type(e).__name__}: {e})") from None
-        report = Report(url, model, args.api, args.max_tokens, args.rounds)
+        report = Report(url, model, args.api, args.max_tokens, args.rounds, args.repeat)
         warm = argparse.Namespace(**{**vars(args), "rounds": 1})
         asyncio.run(_level(url, warm, 1))  # untimed warm-up
-        for n in levels:
-            err_console.print(f"{n} concurrent stream(s) ...", highlight=False)
-            report.levels.append(asyncio.run(_level(url, args, n)))
+        runs: dict[int, list[Level]] = {n: [] for n in levels}
+        for k in range(args.repeat):
+            for n in levels:
+                err_console.print(f"sweep {k + 1}/{args.repeat}: {n} concurrent stream(s) ...", highlight=False)
+                runs[n].append(asyncio.run(_level(url, args, n)))
+        report.levels = [merge_levels(runs[n]) for n in levels]
         base = report.levels[0].tokens_per_s
         report.speedup = {str(lv.streams): round(lv.tokens_per_s / base, 2) if base else 0.0
                           for lv in report.levels}

@@ -1,7 +1,8 @@
 """SSE framing and the bridge between a generation thread and the event loop.
 
 Generation runs in its own thread (the engine blocks); what it produces crosses to the event loop through
-an ``asyncio.Queue``; records that are waiting together are written together. When the client goes away, Starlette cancels the streaming task; the ``finally`` of
+an ``asyncio.Queue``; records that are waiting together are written together. When the client goes away,
+Starlette cancels the streaming task; the ``finally`` of
 :func:`stream_from_thread` then sets the request's cancel event and the engine stops at its next token.
 A non-streaming request polls for a disconnect while it waits (:func:`wait_for_thread`).
 """
