@@ -80,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="--device of the server it starts (default: %(default)s)")
     p.add_argument("--server-ops", dest="server_ops", default="auto", choices=["auto", "reference", "cpu"],
                    help="--ops of the server it starts (default: %(default)s)")
+    p.add_argument("--server-threads", type=positive_int, metavar="N",
+                   help="--threads of the server it starts (default: the server's own choice)")
     p.add_argument("--prefix-cache", type=int, default=256, metavar="MB",
                    help="--prefix-cache of the server it starts; 0 turns the prefix cache off (default: %(default)s)")
     p.add_argument("--url", metavar="URL", help="benchmark this running server instead of starting one")
@@ -128,6 +130,8 @@ class _Server:
                "--db", str(store), "--api-key", args.api_key, "--dtype", args.dtype, "--device", args.device,
                "--ops", args.server_ops, "--max-batch", str(args.max_batch), "--max-queue", str(args.max_batch),
                "--prefix-cache", str(args.prefix_cache), "--log-level", "warning"]
+        if args.server_threads:
+            cmd += ["--threads", str(args.server_threads)]
         if args.model:
             cmd += ["--model", str(args.model)]
         self.log = tempfile.TemporaryFile()

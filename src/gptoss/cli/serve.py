@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
                    help="requests decoded together: each joins the running forward passes as it arrives and "
                         "leaves when done (continuous batching; default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch threads for the model (default: 1 for a model under 64 MiB of weights, such as the "
+                        "bundled one, whose tiny matrix products gain nothing from more and would take the cores "
+                        "the HTTP side needs; otherwise every core)")
     p.add_argument("--prefix-cache", type=int, default=256, metavar="MB",
                    help="memory for cached KV states of shared prompt preambles (system/developer messages, "
                         "earlier turns), reused by later requests; 0 turns it off (default: %(default)s)")
@@ -62,6 +66,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+SMALL_MODEL_BYTES = 64 * 2**20
+
+
+def default_threads(model) -> int:
+    """1 for a small model (thread start-up and sync cost more than its matrix products), else every core."""
+    import os
+
+    size = sum(t.nbytes for t in model.parameters()) + sum(t.nbytes for t in model.buffers())
+    return 1 if size < SMALL_MODEL_BYTES else (os.cpu_count() or 1)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -81,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model = Model.load(args.model, dtype=args.dtype, device=args.device)
     name = args.served_model_name or Path(args.model).resolve().name
+    threads = args.threads or default_threads(model.transformer)
     engine = ModelEngine(model.transformer, name, max_queue=args.max_queue, max_batch=args.max_batch,
-                         prefix_cache_bytes=max(0, args.prefix_cache) * 2**20)
+                         prefix_cache_bytes=max(0, args.prefix_cache) * 2**20, threads=threads)
     app = create_app(engine, db_path=args.db, api_keys=args.api_key, max_queue=args.max_queue,
                      default_max_tokens=args.max_tokens, max_tool_rounds=args.max_tool_calls,
                      builtin=builtin if builtin.any else None, max_body_bytes=args.max_body * 1024 * 1024)

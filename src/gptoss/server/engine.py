@@ -121,7 +121,7 @@ class ModelEngine:
 
     def __init__(self, model, model_id: str, max_queue: int = DEFAULT_MAX_QUEUE,
                  max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = 512,
-                 prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES) -> None:
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES, threads: int | None = None) -> None:
         self.model = model  # gptoss.model.transformer.Transformer
         self.model_id = model_id
         cfg = model.config
@@ -129,6 +129,7 @@ class ModelEngine:
         self.max_queue = max(0, max_queue)
         self.max_batch = max(1, max_batch)
         self.batch = ContinuousBatch(model, prefill_chunk, prefix_cache_bytes)
+        self.threads = threads  # torch intra-op threads of the worker (None: the process default)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._inflight = 0  # waiting + running
         self._lock = threading.Lock()
@@ -183,6 +184,8 @@ class ModelEngine:
                 self._finish(job, e)
 
     def _work(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # set in the thread that runs the model
         while True:
             self._admit(block=self.batch.idle and not self._stopping)
             if self.batch.idle:
