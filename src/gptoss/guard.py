@@ -153,7 +153,7 @@ def allow(hosts: Iterable[str]) -> None:
 
 
 def _split_port(entry: str) -> tuple[str, Ports]:
-    """``host:443`` / ``[::1]:443`` / ``1.2.3.4:80`` -> (host, {port}); anything else -> (entry, None)."""
+    """``host:443`` / ``[::1]:443`` / ``127.0.0.1:80`` -> (host, {port}); anything else -> (entry, None)."""
     if entry.startswith("["):
         host, sep, rest = entry[1:].partition("]")
         if not sep:

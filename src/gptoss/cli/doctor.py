@@ -29,7 +29,7 @@ def _check(ok: bool | None, summary: str, **details: Any) -> dict[str, Any]:
     return {**details, "ok": ok, "summary": summary}
 
 
-PROBE_ADDRESS = ("192.0.2.1", 443)  # TEST-NET-1; only shown to the guard as an audit event, never contacted
+PROBE_ADDRESS = (guard.PROBE_HOST, 443)  # an RFC 6761 .invalid name, only shown to the guard as an audit event
 
 
 def check_guard() -> dict[str, Any]:
