@@ -182,33 +182,34 @@ class ContinuousBatch:
         """The group's prefill state, started from its shared preamble when there is one; True when running
         that preamble took this step's prefill forward."""
         b = len(group)
-        if self.prefixes is not None:
-            prompts = [s.prompt for s in group]
-            limit = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)  # each row keeps a token to run
-            shared = next(iter(boundaries(prompts[0], limit)), 0)
-            if shared >= MIN_PREFIX:
-                hit, state = self.prefixes.lookup(prompts[0], shared)
-                ran = hit < shared and shared - hit <= self.prefill_chunk
-                if ran:
-                    # Stored at each message boundary on the way (a few), so a later prompt that shares only
-                    # the system message, or system + developer, still finds its preamble.
-                    cuts = [n for n in reversed(boundaries(prompts[0], shared)) if n > hit]
-                    if len(cuts) > MAX_CUTS:
-                        cuts = cuts[:MAX_CUTS - 1] + cuts[-1:]
-                    start = hit
-                    for n in cuts:
-                        state = self._run_prefix(state, prompts[0], start, n)
-                        self.prefixes.store(prompts[0][:n], state)
-                        start = n
-                    self.prefixes.misses += 1
-                if state is not None:
-                    if hit:
-                        self.prefixes.hits += 1
-                        self.prefixes.hit_tokens += hit * b
-                    for s in group:
-                        s.cached_tokens = hit
-                    return _Prefill(group, repeat_rows(state, b), done_to=shared if ran else hit), ran
-        return _Prefill(group, make_cache(self.cfg, b, self.dtype, self.device)), False
+        prompt = group[0].prompt
+        shared = self._shared_preamble([s.prompt for s in group])
+        if self.prefixes is None or shared < MIN_PREFIX:
+            return _Prefill(group, make_cache(self.cfg, b, self.dtype, self.device)), False
+        hit, state = self.prefixes.lookup(prompt, shared)
+        ran = hit < shared and shared - hit <= self.prefill_chunk
+        if ran:
+            # Stored at each message boundary on the way (a few), so a later prompt that shares only the
+            # system message, or system + developer, still finds its preamble.
+            cuts = [n for n in reversed(boundaries(prompt, shared)) if n > hit]
+            if len(cuts) > MAX_CUTS:
+                cuts = cuts[:MAX_CUTS - 1] + cuts[-1:]
+            start = hit
+            for n in cuts:
+                state = self._run_prefix(state, prompt, start, n)
+                self.prefixes.store(prompt[:n], state)
+                start = n
+        if state is None:  # nothing stored, and too long to run as one chunk: the usual chunked prefill
+            return _Prefill(group, make_cache(self.cfg, b, self.dtype, self.device)), False
+        for s in group:
+            s.cached_tokens = hit
+        return _Prefill(group, repeat_rows(state, b), done_to=shared if ran else hit), ran
+
+    @staticmethod
+    def _shared_preamble(prompts: list[list[int]]) -> int:
+        """The longest whole-message prefix all ``prompts`` share, leaving each at least one token to run."""
+        limit = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)
+        return next(iter(boundaries(prompts[0], limit)), 0)
 
     def _run_prefix(self, state: list[KVCache] | None, prompt: list[int], start: int, end: int) -> list[KVCache]:
         """A one-row cache holding ``prompt[:end]``: ``state`` (holding ``prompt[:start]``) extended."""

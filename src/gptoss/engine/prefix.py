@@ -64,9 +64,7 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[int, ...], list[KVCache]] = OrderedDict()
         self.nbytes = 0
-        self.hits = 0
-        self.misses = 0
-        self.hit_tokens = 0
+        self.hits = 0  # lookups that found a stored prefix
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -77,6 +75,7 @@ class PrefixCache:
             state = self._entries.get(tuple(prompt[:n]))
             if state is not None:
                 self._entries.move_to_end(tuple(prompt[:n]))
+                self.hits += 1
                 return n, state
         return 0, None
 

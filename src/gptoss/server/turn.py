@@ -127,7 +127,7 @@ class Turn:
         self.stopper = _StopFilter(req.stop_strings)
         self.prompt_lens: list[int] = []
         self.sampled: list[int] = []
-        self.cached: list[int] = []  # prefix-cache hits per round (engines that report them)
+        self.cached_tokens = 0  # of the first round's prompt, from engines that report it
         self.constraints: list[HarmonyConstraint] = []
         self.namespaces = {t.namespace for t in req.builtins}
         browser = next((t for t in req.builtins if t.namespace == "browser"), None)
@@ -158,7 +158,8 @@ class Turn:
             close = getattr(tokens, "close", None)
             if close is not None:
                 close()
-            self.cached.append(int(getattr(tokens, "cached_tokens", 0)))
+            if len(self.sampled) == 1:
+                self.cached_tokens = int(getattr(tokens, "cached_tokens", 0))
 
     # -- items ----------------------------------------------------------------------------------------------
     def _open(self, kind: str, name: str | None = None) -> Item:
@@ -306,7 +307,7 @@ class Turn:
         first = self.prompt_lens[0] if self.prompt_lens else 0
         inputs = max(first, (self.prompt_lens[-1] - sum(self.sampled[:-1])) if self.prompt_lens else 0)
         res = TurnResult("completed", "stop", self.items, inputs, sampled,
-                         done.usage.reasoning_tokens if done else 0, self.cached[0] if self.cached else 0)
+                         done.usage.reasoning_tokens if done else 0, self.cached_tokens)
         if error is not None or done is None:
             res.status, res.finish_reason = "failed", "error"
             res.error = error or {"code": "server_error", "message": "generation ended without a result"}
