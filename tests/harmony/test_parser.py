@@ -11,6 +11,7 @@ from gptoss.harmony.parser import (
     Event,
     FinalDelta,
     MessageDone,
+    MessageStarted,
     ParsedMessage,
     ReasoningDelta,
     StreamParser,
@@ -70,13 +71,20 @@ def run(tokens: list[int]) -> tuple[StreamParser, list[Event]]:
 def check_invariants(parser: StreamParser, events: list[Event]) -> None:
     pending: list[str] = []
     done: list[ParsedMessage] = []
+    open_msg: ParsedMessage | None = None
     for e in events:
-        if isinstance(e, DELTAS):
+        if isinstance(e, MessageStarted):
+            assert open_msg is None, "a message started inside another"
+            open_msg = e.message
+        elif isinstance(e, DELTAS):
+            assert open_msg is not None, "a delta outside a started message"
             assert e.text, "empty delta"
             assert not any(c in e.text for c in CONTROL_TOKENS), e
             pending.append(e.text)
         elif isinstance(e, MessageDone):
             m = e.message
+            assert m is open_msg, "MessageDone without its MessageStarted"
+            open_msg = None
             assert sanitize_text(m.content) == m.content
             if m.role == "assistant":
                 assert "".join(pending) == m.content
@@ -174,7 +182,8 @@ def test_function_call_header_variants(header):
     [m] = parser.messages
     assert (m.channel, m.recipient, m.content_type, m.content) == (
         "commentary", "functions.get_weather", "json", ARGS)
-    assert events[0] == ToolCallStarted("functions.get_weather", "commentary", "json")
+    assert isinstance(events[0], MessageStarted) and events[0].message is m
+    assert events[1] == ToolCallStarted("functions.get_weather", "commentary", "json")
     ref = ENC.parse_messages_from_completion_tokens(tokens, Role.ASSISTANT)
     assert (ref[0].channel, ref[0].recipient, ref[0].content[0].text) == (m.channel, m.recipient, m.content)
     # History always gets the canonical "<|constrain|>json" form.

@@ -79,6 +79,15 @@ class CommentaryDelta:
 
 
 @dataclass(frozen=True)
+class MessageStarted:
+    """A header closed: ``message`` (content still empty) is the one the following deltas belong to.
+    Emitted for every message, hallucinated roles included, so a consumer can open an output item the
+    moment its kind is known without running a second parser."""
+
+    message: ParsedMessage
+
+
+@dataclass(frozen=True)
 class ToolCallStarted:
     recipient: str
     channel: str | None
@@ -96,7 +105,8 @@ class MessageDone:
     message: ParsedMessage
 
 
-Event = ReasoningDelta | FinalDelta | CommentaryDelta | ToolCallStarted | ToolCallArgsDelta | MessageDone
+Event = (ReasoningDelta | FinalDelta | CommentaryDelta | MessageStarted | ToolCallStarted | ToolCallArgsDelta
+         | MessageDone)
 
 
 class _LiteralFilter:
@@ -204,7 +214,7 @@ class StreamParser:
             self._header.segments.append(("channel", []))
         elif token == MESSAGE:
             self._note("<|message|> without a header; implicit final message")
-            self._open_content(self.role, "final", None, None, [token])
+            return self._open_content(self.role, "final", None, None, [token])
         elif not _is_text(token):
             self._note(f"stray {self._name(token)} between messages ignored")
         elif not self.tok.decode([token]).strip():
@@ -215,8 +225,7 @@ class StreamParser:
             self._header.segments[0][1].append(token)
         else:
             self._note("text after a message; implicit final message")
-            self._open_content(self.role, "final", None, None, [])
-            return self._in_content(token)
+            return self._open_content(self.role, "final", None, None, []) + self._in_content(token)
         return []
 
     def _in_header(self, token: int) -> list[Event]:
@@ -278,8 +287,7 @@ class StreamParser:
         """Turn a held-back lone role word into the start of an implicit final message."""
         self._note("text after a message; implicit final message")
         held = self._header.tokens
-        self._open_content(self.role, "final", None, None, [])
-        events: list[Event] = []
+        events = self._open_content(self.role, "final", None, None, [])
         for t in held:
             events += self._in_content(t)
         return events
@@ -290,13 +298,13 @@ class StreamParser:
         role, channel, recipient, content_type, notes = _parse_header(segments, self.role, hdr.explicit_start)
         for n in notes:
             self._note(n)
-        self._open_content(role, channel, recipient, content_type, hdr.tokens)
+        events = self._open_content(role, channel, recipient, content_type, hdr.tokens)
         if recipient is not None and self._visible:
-            return [ToolCallStarted(recipient, channel, content_type)]
-        return []
+            events.append(ToolCallStarted(recipient, channel, content_type))
+        return events
 
     def _open_content(self, role: str, channel: str, recipient: str | None, content_type: str | None,
-                      tokens: list[int]) -> None:
+                      tokens: list[int]) -> list[Event]:
         self._state = _State.CONTENT
         self._msg = ParsedMessage(role, channel, recipient, content_type, "", list(tokens))
         self._decoder = IncrementalDecoder(self.tok)
@@ -305,6 +313,7 @@ class StreamParser:
         self._visible = role == self.role
         if not self._visible:
             self._note(f"message from role {role!r} not streamed")
+        return [MessageStarted(self._msg)]
 
     def _close(self, terminator: str | None) -> list[Event]:
         msg = self._msg

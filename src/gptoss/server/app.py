@@ -131,8 +131,13 @@ def create_app(engine: Engine, *, db_path: str | Path | None = None, store: Resp
     is decoding (its ``max_batch``), more get 429. ``builtin`` (a :class:`gptoss.tools.builtin.BuiltinOptions`)
     enables the browser/python tools requests may use (or pass ``tool_sessions``); ``max_tool_rounds`` bounds the
     tool calls run in a turn; request bodies over ``max_body_bytes`` get 413."""
+    from gptoss.harmony.render import harmony_encoding
     from gptoss.server import routes_chat, routes_responses
+    from gptoss.tokenizer import get_tokenizer
 
+    # Built now, not by the first requests: on a cache miss every concurrent request would build its own copy.
+    get_tokenizer()
+    harmony_encoding()
     own_store = store is None
     running = int(getattr(engine, "max_batch", 1))  # requests the engine decodes at once
     ctx = ServerContext(engine, store or ResponseStore(db_path), Admission(running + max_queue), tuple(api_keys),

@@ -31,13 +31,13 @@ from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony.parser import (
     FinalDelta,
     MessageDone,
+    MessageStarted,
     ParsedMessage,
     ReasoningDelta,
-    StreamParser,
     ToolCallArgsDelta,
 )
 from gptoss.harmony.render import FunctionTool
-from gptoss.server.constrain import ConstraintSpec, HarmonyConstraint, current_message, matches_schema
+from gptoss.server.constrain import ConstraintSpec, HarmonyConstraint, matches_schema
 from gptoss.server.engine import Engine, EngineBusy
 from gptoss.server.items import (
     BUILTIN_KINDS,
@@ -142,17 +142,10 @@ class Turn:
         proc = HarmonyConstraint(self.req.constraint) if self.req.constraint is not None else None
         if proc is not None:
             self.constraints.append(proc)
-        watcher = StreamParser()  # mirrors the Agent's parser to see headers close
-        last: ParsedMessage | None = None
         tokens = self.engine.generate(prompt, params, proc, self.cancel)
         try:
             for tok in tokens:
                 self.sampled[-1] += 1
-                watcher.feed(tok)
-                msg = current_message(watcher)
-                if msg is not None and msg is not last:
-                    self._on_header(msg)
-                last = msg
                 yield tok
         finally:
             close = getattr(tokens, "close", None)
@@ -204,7 +197,9 @@ class Turn:
 
     def _on_event(self, ev: object) -> TurnDone | None:
         cur = self.current
-        if isinstance(ev, ReasoningDelta):
+        if isinstance(ev, MessageStarted):  # a header closed: the item opens before its first content token
+            self._on_header(ev.message)
+        elif isinstance(ev, ReasoningDelta):
             self._delta(cur if cur and cur.kind == "reasoning" else None, ev.text)
         elif isinstance(ev, FinalDelta):
             if cur is not None and cur.kind == "message":

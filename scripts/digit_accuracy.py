@@ -1,0 +1,71 @@
+"""Teacher-forced accuracy on number tokens, per corpus family: can a gpt-oss-tiny checkpoint copy values?
+
+Reads a training run's ``trainer_state.pt`` (``gptoss train-tiny --work DIR``) or an exported model folder
+and scores held-out conversations of each family on the learned targets that are 1-3 digit tokens (tool-call
+arguments, numbers copied from tool output). Quick (seconds), so it can check a run while it trains; session 12
+used it to see the copy fix take hold before spending an hour on the full recipe.
+
+    .venv/bin/python scripts/digit_accuracy.py /tmp/tiny-work/trainer_state.pt [--n 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from gptoss.cli.train_tiny import number_ids
+from gptoss.train.corpus import generate_tasks
+from gptoss.train.data import encode_conversation
+
+
+def load(path: Path) -> torch.nn.Module:
+    if path.is_dir():
+        from gptoss.weights.loader import load_transformer
+
+        return load_transformer(path, dtype="float32")[0]
+    from gptoss.train.init import init_model
+
+    state = torch.load(path, weights_only=False)
+    model = init_model(_config_from_work(path.parent), 0)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def _config_from_work(work: Path):
+    """Rebuild the run's config the way train-tiny does (same corpus -> same kept ids)."""
+    from gptoss.cli.main import build_parser
+    from gptoss.cli.train import kept_ids
+    from gptoss.cli.train_tiny import model_config
+
+    saved = torch.load(work / "corpus.pt", weights_only=False)
+    args = build_parser(["train-tiny"]).parse_args(["train-tiny"])
+    return model_config(args, tuple(sorted({*kept_ids([*saved["train"], *saved["eval"]]), *number_ids()})))
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="trainer_state.pt or a model folder")
+    p.add_argument("--n", type=int, default=32, help="held-out conversations per family")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model = load(args.checkpoint).eval()
+    digits = torch.tensor(sorted(number_ids()))
+    for family in ("python", "functions", "json", "browser"):
+        right = total = 0
+        for task in generate_tasks(args.n, 7, "heldout", families=[family]):
+            ex = encode_conversation(task.messages)
+            tokens = torch.tensor([ex.tokens])
+            logits = model(tokens, kept_logits=True)[0, :-1]
+            targets, mask = tokens[0, 1:], torch.tensor(ex.mask[1:])
+            want = mask & torch.isin(targets, digits)
+            pred = model.vocab.kept[logits.argmax(-1)] if model.vocab is not None else logits.argmax(-1)
+            right += int((pred[want] == targets[want]).sum())
+            total += int(want.sum())
+        print(f"{family:10s} digit tokens {total:5d}  accuracy {right / max(total, 1):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
