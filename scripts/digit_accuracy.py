@@ -2,8 +2,9 @@
 
 Reads a training run's ``trainer_state.pt`` (``gptoss train-tiny --work DIR``) or an exported model folder
 and scores held-out conversations of each family on the learned targets that are 1-3 digit tokens (tool-call
-arguments, numbers copied from tool output). Quick (seconds), so it can check a run while it trains; session 12
-used it to see the copy fix take hold before spending an hour on the full recipe.
+arguments, numbers copied from tool output). Quick (seconds), so it can check a run while it trains. Session 12:
+the bundled model scores python 29%, functions 60%, json 75% (--n 16); a run with ``probe_copy.py --init
+torch``'s scales at lr 1e-3 had 17/48/48% at step 200 and 17/44/49% at step 400, so it was stopped.
 
     .venv/bin/python scripts/digit_accuracy.py /tmp/tiny-work/trainer_state.pt [--n 32]
 """
