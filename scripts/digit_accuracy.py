@@ -37,12 +37,11 @@ def load(path: Path) -> torch.nn.Module:
 def _config_from_work(work: Path):
     """Rebuild the run's config the way train-tiny does (same corpus -> same kept ids)."""
     from gptoss.cli.main import build_parser
-    from gptoss.cli.train import kept_ids
-    from gptoss.cli.train_tiny import model_config
+    from gptoss.cli.train_tiny import model_config, tiny_kept_ids
 
     saved = torch.load(work / "corpus.pt", weights_only=False)
     args = build_parser(["train-tiny"]).parse_args(["train-tiny"])
-    return model_config(args, tuple(sorted({*kept_ids([*saved["train"], *saved["eval"]]), *number_ids()})))
+    return model_config(args, tiny_kept_ids([*saved["train"], *saved["eval"]]))
 
 
 @torch.no_grad()

@@ -98,6 +98,13 @@ def number_ids() -> set[int]:
     return ids
 
 
+def tiny_kept_ids(examples: list) -> tuple[int, ...]:
+    """The kept vocabulary of a tiny model trained on ``examples``: their ids plus every number token."""
+    from gptoss.cli.train import kept_ids
+
+    return tuple(sorted({*kept_ids(examples), *number_ids()}))
+
+
 def _shard(job: tuple[int, int, str, dict]) -> list:
     from gptoss.train.corpus import generate_tasks
     from gptoss.train.data import encode_conversation
@@ -168,7 +175,6 @@ def _calibrate(model, targs, data, minutes: float, console: Console) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gptoss.cli.train import kept_ids
     from gptoss.train.corpus import parse_weights
     from gptoss.train.init import init_model
     from gptoss.train.trainer import Trainer, TrainingArgs
@@ -183,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     data, eval_data = _corpus(args, work, weights, console)
-    cfg = model_config(args, tuple(sorted({*kept_ids([*data, *eval_data]), *number_ids()})))
+    cfg = model_config(args, tiny_kept_ids([*data, *eval_data]))
     torch.manual_seed(args.seed)
     model = init_model(cfg, args.seed)
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,

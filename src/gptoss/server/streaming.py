@@ -1,9 +1,7 @@
 """SSE framing and the bridge between a generation thread and the event loop.
 
-Generation runs in its own thread (the engine blocks); what it produces crosses to the event loop through a
-per-stream deque, and one :class:`_Waker` per event loop wakes the loop once for every stream that has new
-records (one cross-thread call per loop turn, not one per token per stream); records that are waiting
-together are written together. When the client goes away,
+Generation runs in its own thread (the engine blocks); what it produces crosses to the event loop through
+an ``asyncio.Queue``; records that are waiting together are written together. When the client goes away,
 Starlette cancels the streaming task; the ``finally`` of
 :func:`stream_from_thread` then sets the request's cancel event and the engine stops at its next token.
 A non-streaming request polls for a disconnect while it waits (:func:`wait_for_thread`).
@@ -15,8 +13,6 @@ import asyncio
 import json
 import logging
 import threading
-import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -45,54 +41,14 @@ def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -
         pass
 
 
-class _Waker:
-    """Wakes the streams of one event loop that have new records, with one ``call_soon_threadsafe`` per loop
-    turn however many streams (and records) arrived meanwhile. Under load the engine hands out a token to
-    every stream per decode step; a wake-up (a self-pipe write and a loop iteration) per token per stream
-    was a large part of what the server spent per token."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.ready: dict[int, asyncio.Event] = {}
-        self.posted = False
-
-    def notify(self, event: asyncio.Event) -> None:
-        """From any thread: ``event`` is set on the loop soon."""
-        with self.lock:
-            self.ready[id(event)] = event
-            if self.posted:
-                return
-            self.posted = True
-        _post(self.loop, self._wake)
-
-    def _wake(self) -> None:
-        with self.lock:
-            ready, self.ready, self.posted = self.ready, {}, False
-        for event in ready.values():
-            event.set()
-
-
-_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
-
-
-def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
-    waker = _wakers.get(loop)
-    if waker is None:
-        waker = _wakers[loop] = _Waker(loop)
-    return waker
-
-
 def stream_from_thread(work: Callable[[Callable[[str], None]], None], cancel: threading.Event,
                        on_exit: Callable[[], None]) -> AsyncIterator[str]:
     """Start ``work(emit)`` in a thread now; the returned iterator yields what it emits."""
-    waker = _waker(asyncio.get_running_loop())
-    pending: deque[Any] = deque()  # appended by the worker thread, drained by the loop
-    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
 
     def emit(text: str) -> None:
-        pending.append(text)
-        waker.notify(ready)
+        _post(loop, queue.put_nowait, text)
 
     def target() -> None:
         try:
@@ -100,8 +56,7 @@ def stream_from_thread(work: Callable[[Callable[[str], None]], None], cancel: th
         except Exception:
             log.exception("streaming worker failed")
         finally:
-            pending.append(_CLOSE)
-            waker.notify(ready)
+            _post(loop, queue.put_nowait, _CLOSE)
             on_exit()
 
     threading.Thread(target=target, name="gptoss-request", daemon=True).start()
@@ -110,21 +65,15 @@ def stream_from_thread(work: Callable[[Callable[[str], None]], None], cancel: th
         # Records already waiting go out in one write: under load a stream's events pile up between two turns
         # of the event loop, and one send per record costs the loop (and the client) more than the model.
         try:
-            while True:
-                await ready.wait()
-                ready.clear()  # before draining: a record appended after the drain sets it again
-                parts: list[str] = []
-                closed = False
-                while pending:
-                    item = pending.popleft()
-                    if item is _CLOSE:
-                        closed = True
-                        break
-                    parts.append(item)
-                if parts:
-                    yield parts[0] if len(parts) == 1 else "".join(parts)
-                if closed:
-                    return
+            while (item := await queue.get()) is not _CLOSE:
+                parts = [item]
+                while not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt is _CLOSE:
+                        yield "".join(parts)
+                        return
+                    parts.append(nxt)
+                yield item if len(parts) == 1 else "".join(parts)
         finally:
             cancel.set()  # normal end: harmless; disconnect: stops generation
 
