@@ -29,7 +29,7 @@ def _bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x.double().abs() @ w.double().abs().T
 
 
-LINEAR_SHAPES = [(n, r, k) for n in (1, 2, 3, 4, 5, 7, 13) for r, k in ((1, 8), (5, 3), (37, 99), (64, 2880))]
+LINEAR_SHAPES = [(n, r, k) for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13) for r, k in ((1, 8), (5, 3), (37, 99), (64, 2880))]
 
 
 @needs_kernel

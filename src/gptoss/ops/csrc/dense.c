@@ -3,9 +3,10 @@
  *
  *   y[n, R] = x[n, K] . (W[R, K] * scale[R])^T + bias[R]
  *
- * Few tokens (n <= SMALL_N, decoding): every weight row is read once as one sequential stream and
- * multiplied into all tokens while it is in registers (4 rows share each load of x); this path
- * is bound by memory bandwidth. More tokens (prefill): PANEL rows are converted to float32 in a
+ * Few tokens (n <= SMALL_N: decoding, also a continuous batch of several rows): every weight row is
+ * read once as one sequential stream and multiplied into all tokens while it is in registers (up
+ * to 4 rows share each load of x); this path is bound by memory bandwidth, and for a handful of
+ * tokens it beats the panel path, whose conversion of the weights is paid back only over many. More tokens (prefill): PANEL rows are converted to float32 in a
  * k-major panel and an MR x PANEL outer-product kernel runs over every tile of MR tokens, so the
  * weights are read once per call and the FMA units stay busy.
  *
@@ -14,7 +15,7 @@
  */
 #include "common.h"
 
-#define SMALL_N 4
+#define SMALL_N 8
 
 /* ---------------------------------------------------------------------------------------------
  * Portable scalar fallback. */
@@ -80,8 +81,17 @@ INLINE void gemv_tile(const float *x, int64_t K, const void *w, int wtype, int64
         } else if (n == 3) {                                                                               \
             for (; r + 2 <= r1; r += 2) gemv_tile(x, K, w, wt, r, y, R, 2, 3);                             \
             for (; r < r1; r++) gemv_tile(x, K, w, wt, r, y, R, 1, 3);                                     \
+        } else if (n == 4) {                                                                               \
+            for (; r + 2 <= r1; r += 2) gemv_tile(x, K, w, wt, r, y, R, 2, 4);                             \
+            for (; r < r1; r++) gemv_tile(x, K, w, wt, r, y, R, 1, 4);                                     \
+        } else if (n == 5) {                                                                               \
+            for (; r < r1; r++) gemv_tile(x, K, w, wt, r, y, R, 1, 5);                                     \
+        } else if (n == 6) {                                                                               \
+            for (; r < r1; r++) gemv_tile(x, K, w, wt, r, y, R, 1, 6);                                     \
+        } else if (n == 7) {                                                                               \
+            for (; r < r1; r++) gemv_tile(x, K, w, wt, r, y, R, 1, 7);                                     \
         } else {                                                                                           \
-            for (; r < r1; r++) gemv_tile(x, K, w, wt, r, y, R, 1, 4);                    \
+            for (; r < r1; r++) gemv_tile(x, K, w, wt, r, y, R, 1, 8);                                     \
         }                                                                                                  \
     }
 DEFINE_GEMV(f32, T_F32)

@@ -74,14 +74,16 @@ static void rows_scalar(const float *x, int64_t n, const uint8_t *blocks, const 
  * is in a fixed permuted order (PERM below); x is permuted the same way once per call, so the dot
  * products are unchanged. Scales are powers of two, so applying them is exact.
  *
- * One or two tokens (decoding): each row is one sequential stream; every block's partial dot
- * product q_g . x_g is multiplied by its scale and added to one of two accumulators (even / odd
- * blocks). Three or more (prefill): four rows are decoded, scales applied, into a buffer that a
- * 4-row x 3-token tile of plain FMAs then reads for every token. Either way each output element
+ * Up to DIRECT_N tokens (decoding, and an expert's share of a continuous batch's rows): each row is
+ * one sequential stream, each pair of blocks is decoded once into registers, and every token's
+ * partial dot product q_g . x_g is multiplied by its scale and added to one of two accumulators
+ * (even / odd pairs). More tokens (prefill): rows are decoded, scales applied, into a k-major panel
+ * that an MR-token tile of plain FMAs then reads for every token. Either way each output element
  * is computed by one thread in a fixed order: results do not depend on the thread count, and a
- * token's result is the same in any batch of one or two tokens and in any batch of three or more
- * (the two kernels round differently, by about one float32 ulp of the sum).
+ * token's result is the same in any batch of 1..DIRECT_N tokens and in any batch of more (the two
+ * kernels round differently, by about one float32 ulp of the sum).
  */
+#define DIRECT_N 4
 
 /* Top byte (sign + 7 exponent bits) and next byte of the float32 bit pattern of FP4[code]. */
 #define LUT_HI 0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, \
@@ -123,8 +125,6 @@ INLINE __m256 block_step(const __m256 q[4], const float *x, __m256 s, __m256 acc
     return _mm256_fmadd_ps(t, s, acc);
 }
 
-/* One row x NT tokens (NT <= 2), each block decoded into registers and used at once; the row's
- * bytes are read as one sequential stream. */
 /* Two blocks (32 bytes, one per 128-bit lane) decoded at once: low and high nibbles split with one
  * shift, the LUT shuffles and unpacks then build 8 float vectors whose lanes 0-3 come from block
  * g and lanes 4-7 from block g + 1, in the order PAIR_PERM (x is permuted to match once per call);
@@ -132,7 +132,7 @@ INLINE __m256 block_step(const __m256 q[4], const float *x, __m256 s, __m256 acc
 static const uint8_t PAIR_PERM[8][4] = {{0, 4, 8, 12}, {2, 6, 10, 14}, {16, 20, 24, 28}, {18, 22, 26, 30},
                                         {1, 5, 9, 13}, {3, 7, 11, 15}, {17, 21, 25, 29}, {19, 23, 27, 31}};
 
-INLINE __m256 pair_dot(const uint8_t *b, const float *x) {
+INLINE void pair_decode(const uint8_t *b, __m256 q[8]) {
     const __m256i lut_hi = _mm256_setr_epi8(LUT_HI, LUT_HI);
     const __m256i lut_lo = _mm256_setr_epi8(LUT_LO, LUT_LO);
     const __m256i top = _mm256_set1_epi32((int)0xFFFF0000u), m4 = _mm256_set1_epi8(0x0F);
@@ -140,44 +140,49 @@ INLINE __m256 pair_dot(const uint8_t *b, const float *x) {
     const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
     const __m256i lh = _mm256_shuffle_epi8(lut_hi, lo), ll = _mm256_shuffle_epi8(lut_lo, lo);
     const __m256i hh = _mm256_shuffle_epi8(lut_hi, hi), hl = _mm256_shuffle_epi8(lut_lo, hi);
-    const __m256i w0 = _mm256_unpacklo_epi8(ll, lh), w1 = _mm256_unpackhi_epi8(ll, lh);
-    const __m256i w2 = _mm256_unpacklo_epi8(hl, hh), w3 = _mm256_unpackhi_epi8(hl, hh);
-#define LO16(w) _mm256_castsi256_ps(_mm256_slli_epi32((w), 16))
-#define HI16(w) _mm256_castsi256_ps(_mm256_and_si256((w), top))
-    __m256 t = _mm256_mul_ps(LO16(w0), _mm256_loadu_ps(x));
-    __m256 u = _mm256_mul_ps(HI16(w0), _mm256_loadu_ps(x + 8));
-    t = _mm256_fmadd_ps(LO16(w1), _mm256_loadu_ps(x + 16), t);
-    u = _mm256_fmadd_ps(HI16(w1), _mm256_loadu_ps(x + 24), u);
-    t = _mm256_fmadd_ps(LO16(w2), _mm256_loadu_ps(x + 32), t);
-    u = _mm256_fmadd_ps(HI16(w2), _mm256_loadu_ps(x + 40), u);
-    t = _mm256_fmadd_ps(LO16(w3), _mm256_loadu_ps(x + 48), t);
-    u = _mm256_fmadd_ps(HI16(w3), _mm256_loadu_ps(x + 56), u);
-#undef LO16
-#undef HI16
+    const __m256i w[4] = {_mm256_unpacklo_epi8(ll, lh), _mm256_unpackhi_epi8(ll, lh),
+                          _mm256_unpacklo_epi8(hl, hh), _mm256_unpackhi_epi8(hl, hh)};
+    for (int i = 0; i < 4; i++) {
+        q[2 * i] = _mm256_castsi256_ps(_mm256_slli_epi32(w[i], 16));
+        q[2 * i + 1] = _mm256_castsi256_ps(_mm256_and_si256(w[i], top));
+    }
+}
+
+/* q . x for a decoded pair: two chains (even / odd vectors), then their sum. */
+INLINE __m256 pair_dot(const __m256 q[8], const float *x) {
+    __m256 t = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));
+    __m256 u = _mm256_mul_ps(q[1], _mm256_loadu_ps(x + 8));
+    for (int i = 1; i < 4; i++) {
+        t = _mm256_fmadd_ps(q[2 * i], _mm256_loadu_ps(x + 16 * i), t);
+        u = _mm256_fmadd_ps(q[2 * i + 1], _mm256_loadu_ps(x + 16 * i + 8), u);
+    }
     return _mm256_add_ps(t, u);
 }
 
-/* One row x NT tokens (NT <= 2) over x in the direct order (PAIR_PERM per pair of blocks, PERM for
- * an odd last block); the row's bytes are read as one sequential stream. */
+/* One row x NT tokens (NT <= DIRECT_N) over x in the direct order (PAIR_PERM per pair of blocks, PERM
+ * for an odd last block): each pair of blocks is decoded once into registers and multiplied into
+ * every token; the row's bytes are read as one sequential stream. A token's arithmetic is the same
+ * whatever NT is, so its result does not depend on how many tokens share the row. */
 INLINE void row_direct(const float *x, int64_t K, const uint8_t *b, const uint8_t *s, int64_t G, float *y,
                        int64_t R, const int NT) {
-    __m256 even[2], odd[2];
+    __m256 even[DIRECT_N], odd[DIRECT_N], q[8];
     for (int t = 0; t < NT; t++) even[t] = odd[t] = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 4 <= G; g += 4) {
         __m256 sc = _mm256_set_m128(_mm_broadcast_ss(&SCALE[s[g + 1]]), _mm_broadcast_ss(&SCALE[s[g]]));
-        for (int t = 0; t < NT; t++) even[t] = _mm256_fmadd_ps(pair_dot(b + g * 16, x + t * K + g * 32), sc, even[t]);
+        pair_decode(b + g * 16, q);
+        for (int t = 0; t < NT; t++) even[t] = _mm256_fmadd_ps(pair_dot(q, x + t * K + g * 32), sc, even[t]);
         sc = _mm256_set_m128(_mm_broadcast_ss(&SCALE[s[g + 3]]), _mm_broadcast_ss(&SCALE[s[g + 2]]));
-        for (int t = 0; t < NT; t++)
-            odd[t] = _mm256_fmadd_ps(pair_dot(b + g * 16 + 32, x + t * K + g * 32 + 64), sc, odd[t]);
+        pair_decode(b + g * 16 + 32, q);
+        for (int t = 0; t < NT; t++) odd[t] = _mm256_fmadd_ps(pair_dot(q, x + t * K + g * 32 + 64), sc, odd[t]);
     }
     if (g + 2 <= G) {
         const __m256 sc = _mm256_set_m128(_mm_broadcast_ss(&SCALE[s[g + 1]]), _mm_broadcast_ss(&SCALE[s[g]]));
-        for (int t = 0; t < NT; t++) even[t] = _mm256_fmadd_ps(pair_dot(b + g * 16, x + t * K + g * 32), sc, even[t]);
+        pair_decode(b + g * 16, q);
+        for (int t = 0; t < NT; t++) even[t] = _mm256_fmadd_ps(pair_dot(q, x + t * K + g * 32), sc, even[t]);
         g += 2;
     }
     if (g < G) {
-        __m256 q[4];
         decode16(b + g * 16, q);
         const __m256 sc = _mm256_broadcast_ss(&SCALE[s[g]]);
         for (int t = 0; t < NT; t++) odd[t] = block_step(q, x + t * K + g * 32, sc, odd[t]);
@@ -189,10 +194,13 @@ TARGET static void rows_avx2_direct(const float *x, int64_t n, const uint8_t *bl
                                     float *y, int64_t r0, int64_t r1, int64_t R, int64_t G) {
     const int64_t K = G * 32;
     for (int64_t r = r0; r < r1; r++) {
-        if (n == 1)
-            row_direct(x, K, blocks + r * G * 16, scales + r * G, G, y + r, R, 1);
-        else
-            row_direct(x, K, blocks + r * G * 16, scales + r * G, G, y + r, R, 2);
+        const uint8_t *b = blocks + r * G * 16, *s = scales + r * G;
+        switch (n) {  /* constant NT: the token loops unroll */
+        case 1: row_direct(x, K, b, s, G, y + r, R, 1); break;
+        case 2: row_direct(x, K, b, s, G, y + r, R, 2); break;
+        case 3: row_direct(x, K, b, s, G, y + r, R, 3); break;
+        default: row_direct(x, K, b, s, G, y + r, R, 4); break;
+        }
     }
 }
 
@@ -296,7 +304,7 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
     for (int64_t i = 0, off = 0; i < ngroups; off += counts[i], i++) {
         offsets[i] = off;
         tiles[i] = ntiles;
-        if (counts[i] > 2) ntiles += (counts[i] + MR - 1) / MR;
+        if (counts[i] > DIRECT_N) ntiles += (counts[i] + MR - 1) / MR;
     }
     float *xp = NULL, *X = NULL;
 #ifdef GPTOSS_X86
@@ -312,13 +320,13 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
         for (int64_t i = 0; i < ngroups; i++) {
             const float *xi = x + offsets[i] * K;
             float *pi = xp + offsets[i] * K;
-            if (counts[i] > 2) permute_x(xi, pi, counts[i] * K);  /* the panel kernel's order */
+            if (counts[i] > DIRECT_N) permute_x(xi, pi, counts[i] * K);  /* the panel kernel's order */
             else
                 for (int64_t t = 0; t < counts[i]; t++) permute_x_direct(xi + t * K, pi + t * K, G);
         }
         x = xp;
         for (int64_t i = 0; i < ngroups; i++)
-            if (counts[i] > 2) gptoss_pack_tokens(x + offsets[i] * K, counts[i], K, X + tiles[i] * MR * K);
+            if (counts[i] > DIRECT_N) gptoss_pack_tokens(x + offsets[i] * K, counts[i], K, X + tiles[i] * MR * K);
     }
 #endif
     if (nthreads < 1) nthreads = 1;
@@ -330,7 +338,7 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
     const int64_t per_group = (R + rows_per_task - 1) / rows_per_task;
     const int64_t tasks = per_group * ngroups;
     if (tasks < nthreads) nthreads = (int)tasks;
-    const int needs_rows = use == IMPL_SCALAR || most > 2;
+    const int needs_rows = use == IMPL_SCALAR || most > DIRECT_N;
     const size_t row_floats = use == IMPL_SCALAR ? (size_t)K : (size_t)K * PANEL;
     int failed = 0;
 
@@ -345,7 +353,7 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
         for (int64_t task = 0; task < tasks; task++) {
             const int64_t i = task / per_group;
             const int64_t n = counts[i];
-            if (n <= 0 || (w == NULL && (use == IMPL_SCALAR || n > 2))) continue;
+            if (n <= 0 || (w == NULL && (use == IMPL_SCALAR || n > DIRECT_N))) continue;
             const int64_t r0 = task % per_group * rows_per_task;
             const int64_t r1 = r0 + rows_per_task < R ? r0 + rows_per_task : R;
             const float *xi = x + offsets[i] * K;
@@ -354,7 +362,7 @@ int gptoss_mxfp4_matmul_grouped(const float *x, const uint8_t *blocks, const uin
             const uint8_t *si = scales + experts[i] * R * G;
 #ifdef GPTOSS_X86
             if (use == IMPL_AVX2) {
-                if (n <= 2) {
+                if (n <= DIRECT_N) {
                     rows_avx2_direct(xi, n, bi, si, yi, r0, r1, R, G);
                 } else {
                     const float *Xi = X + tiles[i] * MR * K;
