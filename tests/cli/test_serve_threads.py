@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from gptoss.cli.serve import SMALL_MODEL_BYTES, default_threads
 from gptoss.engine.sampling import SamplingParams
 from gptoss.server import ModelEngine
+from gptoss.server.engine import SMALL_MODEL_BYTES, default_threads
 
 
 def test_default_threads_by_model_size():

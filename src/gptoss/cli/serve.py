@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads for the model (default: 1 for a model under 64 MiB of weights, such as the "
                         "bundled one, whose tiny matrix products gain nothing from more and would take the cores "
                         "the HTTP side needs; otherwise every core)")
+    p.add_argument("--engine", choices=["process", "thread"], default="process",
+                   help="where the model runs: process = a child process with its own interpreter, so the HTTP side "
+                        "and the decode loop do not take turns on one lock (faster with many streams); thread = a "
+                        "thread of the server process (default: %(default)s)")
     p.add_argument("--prefix-cache", type=int, default=256, metavar="MB",
                    help="memory for cached KV states of shared prompt preambles (system/developer messages, "
                         "earlier turns), reused by later requests; 0 turns it off (default: %(default)s)")
@@ -66,15 +70,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-SMALL_MODEL_BYTES = 64 * 2**20
-
-
-def default_threads(model) -> int:
-    """1 for a small model (thread start-up and sync cost more than its matrix products), else every core."""
-    import os
-
-    size = sum(t.nbytes for t in model.parameters()) + sum(t.nbytes for t in model.buffers())
-    return 1 if size < SMALL_MODEL_BYTES else (os.cpu_count() or 1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gptoss.api import Model
     from gptoss.server import ModelEngine, create_app
+    from gptoss.server.engine import default_threads
+    from gptoss.server.process_engine import ProcessEngine
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
@@ -94,11 +91,17 @@ def run(args: argparse.Namespace) -> int:
         err_console.print(f"[yellow]warning:[/] listening on {args.host} without --api-key: anyone who can reach "
                           "this port can use the model", highlight=False)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    model = Model.load(args.model, dtype=args.dtype, device=args.device)
     name = args.served_model_name or Path(args.model).resolve().name
-    threads = args.threads or default_threads(model.transformer)
-    engine = ModelEngine(model.transformer, name, max_queue=args.max_queue, max_batch=args.max_batch,
-                         prefix_cache_bytes=max(0, args.prefix_cache) * 2**20, threads=threads)
+    prefix_bytes = max(0, args.prefix_cache) * 2**20
+    if args.engine == "process":
+        engine = ProcessEngine(args.model, name, dtype=args.dtype, device=args.device, ops=args.ops,
+                               max_queue=args.max_queue, max_batch=args.max_batch,
+                               prefix_cache_bytes=prefix_bytes, threads=args.threads)
+    else:
+        model = Model.load(args.model, dtype=args.dtype, device=args.device)
+        threads = args.threads or default_threads(model.transformer)
+        engine = ModelEngine(model.transformer, name, max_queue=args.max_queue, max_batch=args.max_batch,
+                             prefix_cache_bytes=prefix_bytes, threads=threads)
     app = create_app(engine, db_path=args.db, api_keys=args.api_key, max_queue=args.max_queue,
                      default_max_tokens=args.max_tokens, max_tool_rounds=args.max_tool_calls,
                      builtin=builtin if builtin.any else None, max_body_bytes=args.max_body * 1024 * 1024)

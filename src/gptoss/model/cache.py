@@ -67,6 +67,23 @@ class _RowCache:
         p = int(pos)
         return int(self.lengths[0]) if p >= 0 else None
 
+    def _rows(self, k: torch.Tensor, pos: torch.Tensor) -> bool:
+        """Decoding several rows, one real token each: the path :meth:`_put_rows` takes (a third of the
+        general path's small tensor ops)."""
+        return pos.shape == (self.k.shape[0], 1) and bool((pos >= 0).all())
+
+    def _put_rows(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        """Write each row's one new token at its slot ``slots (B,)``."""
+        b, stride = self.k.shape[0], self.k.shape[1]
+        base = getattr(self, "_base", None)
+        if base is None or base.shape[0] != b or base[-1] != (b - 1) * stride:  # row starts in the flat slot axis
+            base = self._base = torch.arange(b, device=slots.device) * stride
+        flat = slots + base
+        self.k.view(-1, *self.k.shape[2:]).index_copy_(0, flat, k[:, 0].to(self.k.dtype))
+        self.v.view(-1, *self.v.shape[2:]).index_copy_(0, flat, v[:, 0].to(self.v.dtype))
+        self.pos.view(-1).index_copy_(0, flat, pos[:, 0])
+        self.lengths = self.lengths + 1
+
     def _put(self, slot: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
         self.k[0, slot] = k[0, 0]
         self.v[0, slot] = v[0, 0]
@@ -102,6 +119,12 @@ class FullKVCache(_RowCache):
                 self._grow(i + 1)
             self._put(i, k, v, pos)
             return self.k[:, :i + 1], self.v[:, :i + 1], self.pos[:, :i + 1]
+        if self._rows(k, pos):
+            used = int(self.lengths.max()) + 1
+            if used > self.capacity:
+                self._grow(used)
+            self._put_rows(self.lengths, k, v, pos)
+            return self.k[:, :used], self.v[:, :used], self.pos[:, :used]
         valid = pos >= 0
         index = self.lengths[:, None] + valid.long().cumsum(1) - 1  # (B, T)
         new_len = self.lengths + valid.sum(1)
@@ -144,6 +167,9 @@ class SlidingKVCache(_RowCache):
         i = self._one(k, v, pos) if cap >= self.window else None
         if i is not None:  # one token: written first, then the ring is its whole window (below)
             self._put(i % cap, k, v, pos)
+            return self.k[:, :cap], self.v[:, :cap], self.pos[:, :cap]
+        if cap >= self.window and self._rows(k, pos):  # one token per row: as above, for every row
+            self._put_rows(self.lengths % cap, k, v, pos)
             return self.k[:, :cap], self.v[:, :cap], self.pos[:, :cap]
         if k.shape[1] <= cap - self.window + 1:
             # Few new tokens (decoding): the keys they overwrite are older than every new query's

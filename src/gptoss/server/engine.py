@@ -37,6 +37,21 @@ class EngineBusy(RuntimeError):
     """The request queue is full."""
 
 
+class GenerationError(RuntimeError):
+    """A generation failed; the message already says how (raised as it is by the token stream)."""
+
+
+SMALL_MODEL_BYTES = 64 * 2**20
+
+
+def default_threads(model: torch.nn.Module) -> int:
+    """1 for a small model (thread start-up and sync cost more than its matrix products), else every core."""
+    import os
+
+    size = sum(t.nbytes for t in model.parameters()) + sum(t.nbytes for t in model.buffers())
+    return 1 if size < SMALL_MODEL_BYTES else (os.cpu_count() or 1)
+
+
 class Engine(Protocol):
     model_id: str
     max_context: int  # prompt + completion tokens one sequence may hold
@@ -103,6 +118,8 @@ def _drain(job: _Job, worker: threading.Thread) -> Iterator[int]:
                 raise RuntimeError("the engine worker has stopped") from None
             if item is _END:
                 return
+            if isinstance(item, GenerationError):
+                raise item
             if isinstance(item, BaseException):
                 raise RuntimeError(f"generation failed: {type(item).__name__}: {item}") from item
             yield item
