@@ -1,5 +1,5 @@
 """The narrow compute interface the model calls: ``rms_norm``, ``linear``, ``rotary``,
-``attention``, ``moe``.
+``attention``, ``moe``, and ``kv_write`` (the KV caches append through it).
 
 A backend is a module exposing those three functions. The reference backend always exists;
 faster ones register here and are chosen once with :func:`select_backend`, never per call.
@@ -90,3 +90,7 @@ def attention(*args: Any, **kwargs: Any) -> Any:
 
 def moe(*args: Any, **kwargs: Any) -> Any:
     return _active.moe(*args, **kwargs)
+
+
+def kv_write(*args: Any, **kwargs: Any) -> Any:
+    return _active.kv_write(*args, **kwargs)

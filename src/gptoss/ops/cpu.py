@@ -47,7 +47,7 @@ from gptoss.ops import reference
 from gptoss.ops.reference import ExpertWeight, LinearWeight
 from gptoss.weights.fingerprint import cache_dir as gptoss_cache_dir
 
-__all__ = ["KernelUnavailable", "attention", "available", "kernel_info", "linear", "load_kernel", "moe",
+__all__ = ["KernelUnavailable", "attention", "available", "kernel_info", "kv_write", "linear", "load_kernel", "moe",
            "mxfp4_matmul", "rms_norm"]
 
 CSRC = Path(__file__).with_name("csrc")
@@ -193,6 +193,9 @@ class _Kernel:
         self._moe = lib.gptoss_moe
         self._moe.argtypes = [p, i32, i64, i64, p, p, i32, i64, i64, p, p, p, p, p, p, i32, i64, f32, f32, p, i32, i32]
         self._moe.restype = i32
+        self._kv_write = lib.gptoss_kv_write
+        self._kv_write.argtypes = [p, p, p, i64, i64, i64, i64, p, p, p, i64, i64, p, i64, i64, p, i64, i64, i64, i64]
+        self._kv_write.restype = i64
         self._rope = lib.gptoss_rope
         self._rope.argtypes = [p, i32, i64, i64, i64, i64, p, p]
         self._rope.restype = None
@@ -445,3 +448,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Te
                                 torch.get_num_threads(), IMPLS[_impl()]) < 0:
         raise MemoryError("attention kernel: could not allocate its buffers")
     return out
+
+
+def kv_write(k_cache: torch.Tensor, v_cache: torch.Tensor, pos_cache: torch.Tensor, lengths: torch.Tensor,
+             k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, ring: bool) -> tuple[torch.Tensor, int]:
+    """:func:`gptoss.ops.reference.kv_write` in one C call (a few row copies) instead of a dozen small tensor
+    ops per layer and step."""
+    b, t = pos.shape
+    e = k_cache.shape[2] * k_cache.shape[3]
+    if (k.dtype != k_cache.dtype or v.dtype != v_cache.dtype or k_cache.dtype != v_cache.dtype
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous() and pos_cache.is_contiguous())
+            or pos_cache.dtype != torch.int64 or pos.dtype != torch.int64 or lengths.dtype != torch.int64
+            or k.shape != (b, t, *k_cache.shape[2:]) or v.shape != k.shape
+            or k.stride()[2:] != (k.shape[3], 1) or v.stride()[2:] != (v.shape[3], 1)
+            or not lengths.is_contiguous() or not _usable(k_cache, v_cache, pos_cache, lengths, k, v, pos)):
+        return reference.kv_write(k_cache, v_cache, pos_cache, lengths, k, v, pos, ring)
+    new_lengths = torch.empty_like(lengths)
+    most = load_kernel()._kv_write(k_cache.data_ptr(), v_cache.data_ptr(), pos_cache.data_ptr(), b, k_cache.shape[1],
+                                   e, k_cache.element_size(), lengths.data_ptr(), new_lengths.data_ptr(), k.data_ptr(),
+                                   k.stride(0), k.stride(1), v.data_ptr(), v.stride(0), v.stride(1), pos.data_ptr(),
+                                   pos.stride(0), pos.stride(1), t, int(ring))
+    return new_lengths, int(most)

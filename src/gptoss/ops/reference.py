@@ -187,3 +187,35 @@ def moe(
         y = F.linear(swiglu(u, limit, alpha), expert_matrix(w2, e, x.dtype), b2[e])  # (n, H)
         out.index_add_(0, rows, y.float() * weights[rows, slot, None])
     return out.to(x.dtype)
+
+
+def kv_write(k_cache: torch.Tensor, v_cache: torch.Tensor, pos_cache: torch.Tensor, lengths: torch.Tensor,
+             k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, ring: bool) -> tuple[torch.Tensor, int]:
+    """Append new tokens to a KV cache in place; returns ``(new_lengths, most)``.
+
+    Caches ``k_cache, v_cache: (B, S + 1, Hkv, D)`` (the last slot is scratch, never read) and slot positions
+    ``pos_cache: (B, S + 1)``; new ``k, v: (B, T, Hkv, D)`` at ``pos: (B, T)`` (``-1`` = padding, not written).
+    Row b's valid tokens go to slots ``lengths[b]``, ``lengths[b] + 1``, ... -- modulo ``S`` for a ``ring``,
+    which keeps only the newest ``S`` of them (older ones would collide). ``most`` is the largest new length;
+    a growing cache (not ``ring``) that it does not fit is left untouched, for the caller to grow and call
+    again."""
+    cap = k_cache.shape[1] - 1
+    valid = pos >= 0
+    rank = valid.long().cumsum(1) - 1  # (B, T) index among the row's valid tokens
+    n_new = valid.sum(1)
+    new_lengths = lengths + n_new
+    most = int(new_lengths.max()) if new_lengths.numel() else 0
+    if not ring and most > cap:
+        return new_lengths, most
+    keep = valid & (rank >= (n_new - cap)[:, None]) if ring else valid
+    index = lengths[:, None] + rank
+    slots = (index % cap if ring else index).masked_fill(~keep, cap)  # padding and dropped -> scratch
+    # index_copy_ on the flattened (row, slot) axis: scatter_ copies the whole cache on CPU. Duplicate
+    # targets are scratch only.
+    b, t = slots.shape
+    flat = (slots + torch.arange(b, device=slots.device)[:, None] * k_cache.shape[1]).reshape(-1)
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, flat, k.reshape(b * t, *k.shape[2:]).to(k_cache.dtype))
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, flat, v.reshape(b * t, *v.shape[2:]).to(v_cache.dtype))
+    pos_cache.view(-1).index_copy_(0, flat, pos.masked_fill(~keep, -1).reshape(-1))
+    pos_cache[:, cap] = -1
+    return new_lengths, most

@@ -192,3 +192,43 @@ void gptoss_rope(void *x, int xtype, int64_t n, int64_t ld, int64_t heads, int64
         }
     }
 }
+
+/* Append new tokens to a KV cache in place (ops.kv_write): caches kc, vc [B, S1, E] (E = Hkv * D, element
+ * size esize, S1 = capacity + 1 scratch slot), slot positions pc [B, S1]; new keys / values at
+ * k + (b * ksb + t * kst) * esize (E contiguous elements each), positions pos[b * psb + t] (-1 = padding,
+ * never written). Row b's valid tokens go to slots lengths[b], lengths[b] + 1, ... (modulo the capacity
+ * for a ring, where only the newest `capacity` of them are written: older ones would collide);
+ * new_lengths[b] = lengths[b] + its valid tokens. Returns the largest new length; a growing cache
+ * (ring == 0) whose capacity that exceeds is left untouched, for the caller to grow and call again. */
+int64_t gptoss_kv_write(void *kc, void *vc, int64_t *pc, int64_t B, int64_t S1, int64_t E, int64_t esize,
+                        const int64_t *lengths, int64_t *new_lengths, const void *k, int64_t ksb, int64_t kst,
+                        const void *v, int64_t vsb, int64_t vst, const int64_t *pos, int64_t psb, int64_t pst,
+                        int64_t T, int64_t ring) {
+    const int64_t cap = S1 - 1;
+    int64_t most = 0;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t n = 0;
+        for (int64_t t = 0; t < T; t++) n += pos[b * psb + t * pst] >= 0;
+        new_lengths[b] = lengths[b] + n;
+        most = new_lengths[b] > most ? new_lengths[b] : most;
+    }
+    if (!ring && most > cap) return most;
+    const size_t bytes = (size_t)(E * esize);
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t n = new_lengths[b] - lengths[b];
+        int64_t r = 0;
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t p = pos[b * psb + t * pst];
+            if (p < 0) continue;
+            if (!ring || r >= n - cap) {
+                const int64_t i = lengths[b] + r, slot = ring ? i % cap : i;
+                const int64_t at = b * S1 + slot;
+                memcpy((char *)kc + at * (int64_t)bytes, (const char *)k + (b * ksb + t * kst) * esize, bytes);
+                memcpy((char *)vc + at * (int64_t)bytes, (const char *)v + (b * vsb + t * vst) * esize, bytes);
+                pc[at] = p;
+            }
+            r++;
+        }
+    }
+    return most;
+}
