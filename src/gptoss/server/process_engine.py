@@ -178,6 +178,13 @@ class ProcessEngine:
 # -- the child ---------------------------------------------------------------------------------------------
 def _child_main(conn: Any, spec: dict) -> None:
     """Load the model, say ``ready`` (or ``failed`` with the reason), then serve the pipe until ``close``."""
+    try:
+        _child(conn, spec)
+    except (EOFError, OSError, KeyboardInterrupt):  # the server went away, or Ctrl-C reached the whole group
+        pass
+
+
+def _child(conn: Any, spec: dict) -> None:
     from gptoss import guard
 
     guard.set_offline_env()
@@ -200,10 +207,7 @@ def _child_main(conn: Any, spec: dict) -> None:
     except Exception as e:
         conn.send(("failed", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"))
         return
-    try:
-        _serve(conn, batch, spec["max_batch"])
-    except (EOFError, OSError, KeyboardInterrupt):  # the server went away
-        pass
+    _serve(conn, batch, spec["max_batch"])
 
 
 def _serve(conn: Any, batch: Any, max_batch: int) -> None:
