@@ -1,7 +1,7 @@
 """The narrow compute interface the model calls: ``rms_norm``, ``linear``, ``rotary``,
 ``attention``, ``moe``, and ``kv_write`` (the KV caches append through it).
 
-A backend is a module exposing those three functions. The reference backend always exists;
+A backend is a module exposing those functions. The reference backend always exists;
 faster ones register here and are chosen once with :func:`select_backend`, never per call.
 
 Backends: ``reference`` (plain PyTorch, any device; the default for library users) and ``cpu``
