@@ -137,3 +137,25 @@ def test_repeat_rows_copies_are_independent(model):
     rows = repeat_rows(state, 3)
     rows[0].k.add_(1.0)
     assert float(state[0].k.abs().sum()) == 0.0 and rows[0].k.shape[0] == 3
+
+
+def test_a_short_tail_is_fed_through_decode_steps(model):
+    """A prompt whose un-cached tail is a few tokens joins the running batch at once (no prefill forward of its
+    own), is fed one token per decode step, and decodes exactly as it would alone."""
+    batch = ContinuousBatch(model.transformer, prefill_chunk=64)
+    convo = [*SYSTEM, *DEVELOPER, *ids(5, 20), END]
+    first = batch.add([*convo, 7, 8], SamplingParams(max_tokens=3, temperature=0))
+    run_all(batch)  # stores system, system + developer and the whole conversation as preambles
+    runner = batch.add(ids(10, 21), SamplingParams(max_tokens=12, temperature=0))
+    batch.advance()
+    forwards = len(batch.step_sizes)
+    tail = [5, 6, 9]  # after the cached conversation: three tokens, fed by three decode steps
+    late = batch.add(convo + tail, SamplingParams(max_tokens=5, temperature=0))
+    batch.advance()
+    assert batch.prefilling is None and late in batch.rows and late.pending == tail[1:]
+    assert late.cached_tokens == len(convo) and late.generated == []
+    assert len(batch.step_sizes) == forwards + 1 and batch.step_sizes[-1] == 2  # one forward: both rows
+    run_all(batch)
+    assert late.generated == model.generate(convo + tail, max_tokens=5, temperature=0)
+    assert runner.generated == model.generate(ids(10, 21), max_tokens=12, temperature=0)
+    assert first.generated == model.generate([*convo, 7, 8], max_tokens=3, temperature=0)

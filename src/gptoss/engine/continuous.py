@@ -52,6 +52,7 @@ class Seq:
     length: int = 0  # tokens in the cache (prompt + fed tokens)
     dropped: bool = False
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache, not recomputed
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to feed through decode steps
 
 
 @dataclass
@@ -61,6 +62,13 @@ class SeqEvent:
     seq: Seq
     token: int
     finish_reason: str | None = None
+
+
+# A joining group with at most this many prompt tokens left to run (after its cached preamble) skips the
+# prefill forward: it joins the decode batch at once and its tokens are fed one per decode step, each costing
+# a decode row instead of a forward pass of its own (prompts that repeat an earlier one up to its last
+# message, e.g. retries and samples of one conversation, leave only "<|start|>assistant").
+FEED_TOKENS = 4
 
 
 @dataclass
@@ -174,6 +182,8 @@ class ContinuousBatch:
         if self.prefilling is None and self.waiting:
             group, self.waiting = self.waiting, []
             self.prefilling, ran = self._start_group(group)
+            if max(len(s.prompt) for s in group) - self.prefilling.done_to <= FEED_TOKENS:
+                self._join(self.prefilling, pending=True)
         if self.prefilling is not None and not ran:
             self._prefill_chunk(self.prefilling)
         return self._decode()
@@ -245,11 +255,21 @@ class ContinuousBatch:
             return
         for s, n in zip(p.seqs, lengths, strict=True):
             s.length = n
+        self._join(p, pending=False)
+
+    def _join(self, p: _Prefill, pending: bool) -> None:
+        """Splice a group into the decode batch: prefilled (its logits are ready), or ``pending`` -- its cache
+        holds the first ``done_to`` prompt tokens and the rest are fed by the next decode steps."""
         self.prefilling = None
+        if pending:
+            for s in p.seqs:
+                s.pending, s.length = s.prompt[p.done_to:], p.done_to
+            width = len(self._kept_ids) if self._kept_ids is not None else self.cfg.vocab_size
+            p.logits = torch.zeros(len(p.seqs), width, device=self.device)  # never sampled: rows feed first
         if self.cache is None:
             self.rows, self.cache, self.logits = list(p.seqs), p.cache, p.logits
         else:
-            assert self.logits is not None
+            assert self.logits is not None and p.logits is not None
             self.cache = concat_caches(self.cache, p.cache)
             self.logits = torch.cat([self.logits, p.logits])
             self.rows += p.seqs
@@ -260,7 +280,7 @@ class ContinuousBatch:
         assert self.logits is not None and self.cache is not None
         events: list[SeqEvent] = []
         keep: list[int] = []
-        live = [r for r, s in enumerate(self.rows) if not s.dropped]
+        live = [r for r, s in enumerate(self.rows) if not s.dropped and not s.pending]
         rows = self.logits[live] if len(live) < len(self.rows) else self.logits
         if any(self.rows[r].processor is not None for r in live):
             rows = torch.stack([self._process(s, rows[k]) if s.processor is not None else rows[k]
@@ -282,6 +302,7 @@ class ContinuousBatch:
             events.append(SeqEvent(s, tok, s.finish_reason))
             if s.finish_reason is None:
                 keep.append(r)
+        keep = sorted(keep + [r for r, s in enumerate(self.rows) if s.pending and not s.dropped])
         if len(keep) < len(self.rows):
             if not keep:
                 self.rows, self.cache, self.logits = [], None, None
@@ -289,7 +310,7 @@ class ContinuousBatch:
             idx = torch.tensor(keep, device=self.device)
             self.cache = select_rows(self.cache, idx)
             self.rows = [self.rows[r] for r in keep]
-        feed = torch.tensor([[s.generated[-1]] for s in self.rows], dtype=torch.long)
+        feed = torch.tensor([[s.pending.pop(0) if s.pending else s.generated[-1]] for s in self.rows], dtype=torch.long)
         positions = torch.tensor([[s.length] for s in self.rows], dtype=torch.long)
         for s in self.rows:
             s.length += 1
