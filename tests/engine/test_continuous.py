@@ -165,3 +165,30 @@ def test_row_space_draw_equals_full_vocabulary_draw(trimmed):
     in_rows = sample_rows(rows, seqs(params))
     in_full = sample_rows(vocab.expand(rows), seqs(params))
     assert [int(vocab.kept[r]) for r in in_rows] == in_full
+
+
+def test_a_processor_may_force_an_id_outside_the_trimmed_vocabulary(trimmed):
+    """A grammar can allow only a spelling the trimmed model has no row for (a JSON key's "_c", say). The
+    token is then drawn from what the processor allows -- never a kept id it ruled out."""
+    from gptoss.engine.generate import BatchGenerator
+
+    vocab = trimmed.transformer.vocab
+    outside = [i for i in range(5000) if i not in set(vocab.kept.tolist())][:3]  # ids with no row
+
+    def only_outside(tokens, logits):
+        masked = torch.full_like(logits, float("-inf"))
+        masked[outside] = 0.0  # what HarmonyConstraint yields when every allowed id has -inf logits
+        return masked
+
+    prompt = [200006, 1428, 200008]
+    batch = ContinuousBatch(trimmed.transformer)
+    greedy = batch.add(prompt, SamplingParams(max_tokens=3, temperature=0), only_outside)
+    drawn = batch.add(prompt, SamplingParams(max_tokens=6, temperature=1.0, seed=4), only_outside)
+    free = batch.add(prompt, SamplingParams(max_tokens=3, temperature=0))
+    run_all(batch)
+    assert greedy.generated == [outside[0]] * 3 and set(drawn.generated) <= set(outside)
+    assert free.generated == trimmed.generate(prompt, max_tokens=3, temperature=0)
+    gen = BatchGenerator(trimmed.transformer, [prompt], SamplingParams(max_tokens=2, temperature=0),
+                         logits_processors=[only_outside])
+    events = list(gen)
+    assert [e.token for e in events] == [outside[0]] * 2 and all(e.logprob == float("-inf") for e in events)

@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     ns = argparse.Namespace(model=args.model, api_key="acc", dtype=args.dtype, device="cpu", server_ops="auto",
-                            max_batch=8)
+                            max_batch=8, prefix_cache=256, server_threads=None)
     tmp = tempfile.TemporaryDirectory()
     server = _Server(ns, Path(tmp.name) / "db.sqlite3")
     out: dict = {}

@@ -282,13 +282,16 @@ class ContinuousBatch:
         keep: list[int] = []
         live = [r for r, s in enumerate(self.rows) if not s.dropped and not s.pending]
         rows = self.logits[live] if len(live) < len(self.rows) else self.logits
+        outside: dict[int, torch.Tensor] = {}  # rows whose processor allowed no kept id: drawn from a full row
         if any(self.rows[r].processor is not None for r in live):
-            rows = torch.stack([self._process(s, rows[k]) if s.processor is not None else rows[k]
+            rows = torch.stack([self._process(s, rows[k], k, outside) if s.processor is not None else rows[k]
                                 for k, s in enumerate(self.rows[r] for r in live)])
         if live:
             tokens = sample_rows(rows, [self.rows[r] for r in live])
             if self._kept_ids is not None:
                 tokens = [self._kept_ids[t] for t in tokens]
+            for k, full in outside.items():
+                tokens[k] = sample_rows(full[None], [self.rows[live[k]]])[0]
         for k, r in enumerate(live):
             s = self.rows[r]
             if s.dropped:  # its processor gave up on it: nothing sampled from unprocessed logits
@@ -319,12 +322,18 @@ class ContinuousBatch:
                                  torch.zeros(len(self.rows), dtype=torch.long, device=self.device), kept_logits=True)
         return events
 
-    def _process(self, seq: Seq, row: torch.Tensor) -> torch.Tensor:
-        """``seq``'s logits processor on one row, through the full vocabulary it is written for."""
+    def _process(self, seq: Seq, row: torch.Tensor, k: int, outside: dict[int, torch.Tensor]) -> torch.Tensor:
+        """``seq``'s logits processor on one row, through the full vocabulary it is written for. When it leaves
+        only ids outside a trimmed vocabulary, the full row goes to ``outside[k]`` (the token is drawn from it)
+        and a finite placeholder row comes back."""
         assert seq.processor is not None
         if self.vocab is None:
             return seq.processor(seq.generated, row)
-        return self.vocab.process(seq.processor, seq.generated, row)
+        kept, full = self.vocab.process(seq.processor, seq.generated, row)
+        if full is None:
+            return kept
+        outside[k] = full
+        return torch.zeros_like(kept)
 
 
 def sample_rows(logits: torch.Tensor, seqs: Sequence[Seq]) -> list[int]:

@@ -117,17 +117,22 @@ class BatchGenerator:
                 continue
             row_logits = self._next_logits[r]
             processor = self.processors[r]
+            outside = None  # a full-vocabulary row to draw from: the processor allowed no kept id
             if processor is not None:  # written for full-vocabulary rows
                 if self.vocab is None:
                     row_logits = processor(self.generated[r], row_logits)
                 else:
-                    row_logits = self.vocab.process(processor, self.generated[r], row_logits)
-            col = self.samplers[r](row_logits)
-            tok = col if self._kept_ids is None else self._kept_ids[col]
+                    row_logits, outside = self.vocab.process(processor, self.generated[r], row_logits)
+            if outside is not None:
+                tok, logprob = self.samplers[r](outside), float("-inf")  # a token the model gives no weight
+            else:
+                col = self.samplers[r](row_logits)
+                tok = col if self._kept_ids is None else self._kept_ids[col]
+                logprob = float(logprobs[r, col])
             self.generated[r].append(tok)
             reason = ("stop" if tok in params.stop
                       else "length" if len(self.generated[r]) >= params.max_tokens else None)
-            events.append(TokenEvent(r, tok, float(logprobs[r, col]), reason))
+            events.append(TokenEvent(r, tok, logprob, reason))
             if reason:
                 self.finished[r] = True
             else:

@@ -240,9 +240,16 @@ class TrimmedVocab(nn.Module):
         full[..., self.kept] = logits
         return full
 
-    def process(self, processor, tokens, logits: torch.Tensor) -> torch.Tensor:
-        """A logits processor (written for full-vocabulary rows) on kept-row logits; returns kept-row logits."""
-        return processor(tokens, self.expand(logits))[..., self.kept]
+    def process(self, processor, tokens, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A logits processor (written for full-vocabulary rows) on one kept-row logits row: ``(kept-row logits,
+        None)``, or ``(kept-row logits, full row)`` when the processor left no kept id but some other id
+        sampleable (a grammar may allow only a spelling the model was not trained on): then the token must be
+        drawn from that full row."""
+        full = processor(tokens, self.expand(logits))
+        kept = full[..., self.kept]
+        if bool(torch.isfinite(kept).any()) or not bool(torch.isfinite(full).any()):
+            return kept, None
+        return kept, full
 
 
 class Transformer(nn.Module):
