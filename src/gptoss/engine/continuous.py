@@ -8,7 +8,8 @@ at most one prefill chunk and one decode step (one token for every live sequence
 
 A group whose prompts share a preamble (the system message, the developer message, an earlier conversation:
 whole messages only) starts from a :class:`~gptoss.engine.prefix.PrefixCache` state of it; on a miss the
-preamble is run once, for one row, stored, and copied into every row of the group.
+preamble is run once, for one row, stored, and copied into every row of the group. A group left with at most
+``FEED_TOKENS`` prompt tokens to run joins the decode batch at once, and those tokens are fed one per decode step.
 
 Splicing works on the cache tensors directly (``k``, ``v``, ``pos``, ``lengths`` per row): ring caches
 of one model share a capacity, growing caches are padded to the larger capacity first.
