@@ -110,7 +110,6 @@ class ProcessEngine:
             jid = self._next
             self._next += 1
             self._jobs[jid] = job
-        job.jid = jid  # type: ignore[attr-defined]
         spec = None if logits_processor is None else logits_processor.spec
         self._send(("add", jid, job.prompt, params, spec))
         return _Stream(job, self._proc)
@@ -170,7 +169,9 @@ class ProcessEngine:
         except (EOFError, OSError):
             pass
         finally:
-            self._dead = f"the engine process stopped (exit status {self._proc.exitcode})" if not self._closed else None
+            if not self._closed:
+                self._proc.join(5)  # reaped, so its exit status is known
+                self._dead = f"the engine process stopped (exit status {self._proc.exitcode})"
             for jid in list(self._jobs):
                 self._finish(jid, self._dead or "the engine is closed")
 
