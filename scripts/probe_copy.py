@@ -13,7 +13,13 @@ rarely) everything is slow after 200 steps: recipe init 5%, ``--init torch`` 6%,
 ``--digit-embeddings`` 15%. A real corpus run with ``--init torch`` at lr 1e-3 stayed at 17-49% digit accuracy
 from step 200 to 400 (``scripts/digit_accuracy.py``), so the init alone does not fix gpt-oss-tiny.
 
+Session 14 (``--vocab 1000``, 200 steps, lr 1e-3): ``--init torch --shared-digits`` -- number rows of the
+embedding and the unembedding trained as sums of 33 shared (place, digit) and length vectors -- reaches 96.0%
+(step 100: 39%, step 150: 95%), against 7.0% for ``--init torch`` alone in the same run. With the recipe init
+it gives 14% (lr 1e-3) and 0% (lr 3e-3); one shared set for both matrices (tied) gave 3%.
+
     .venv/bin/python scripts/probe_copy.py --steps 150 [--vanilla] [--vocab 20] [--lr 1e-3] [--init torch]
+                                           [--shared-digits]
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch.nn as nn
 
 from gptoss.cli.train_tiny import number_ids
 from gptoss.config import preset
-from gptoss.train.init import init_model
+from gptoss.train.init import init_model, share_digits, torch_scale_init
 
 
 def main() -> None:
@@ -40,6 +46,9 @@ def main() -> None:
                    help="recipe: gptoss.train.init (std 0.02); torch: embedding std 1, weights at nn.Linear scale")
     p.add_argument("--digit-embeddings", action="store_true",
                    help="number tokens' embedding and unembedding rows built from shared per-digit vectors")
+    p.add_argument("--shared-digits", action="store_true",
+                   help="train number tokens' embedding and unembedding rows as sums of shared (place, digit) and "
+                        "length vectors throughout training, not only at init (gptoss.train.init.share_digits)")
     args = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -83,9 +92,11 @@ def main() -> None:
                      initial_context_length=4096, kept_token_ids=kept)
         gm = init_model(cfg, 0)
         if args.init == "torch":
-            torch_init(gm)
+            torch_scale_init(gm, 0)
         if args.digit_embeddings:
             digit_rows(gm, kept)
+        if args.shared_digits:
+            share_digits(gm, 0)
         gm.train()
         gm.requires_grad_(True)
         gm.rope.requires_grad_(False)
@@ -121,16 +132,6 @@ def main() -> None:
             acc = (out[m].argmax(-1) == targets[m]).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}, copy accuracy {acc:.3f} ({time.time() - start:.0f} s)",
                   flush=True)
-
-
-@torch.no_grad()
-def torch_init(model: nn.Module) -> None:
-    """Embedding ~ N(0, 1), every other matrix ~ N(0, 1/(3 fan_in)); biases, sinks and norm scales as they were."""
-    gen = torch.Generator().manual_seed(1)
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            std = 1.0 if name == "embedding.weight" else 1.0 / (3 * p.shape[-1]) ** 0.5
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 @torch.no_grad()

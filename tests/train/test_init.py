@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -38,3 +39,33 @@ def test_init_is_seeded_and_trainable():
     assert torch.equal(a.embedding.weight, b.embedding.weight)
     assert not torch.equal(a.embedding.weight, c.embedding.weight)
     assert all(isinstance(blk.mlp.mlp1_weight, DenseExpertWeight) for blk in a.block)
+
+
+def test_shared_digit_rows_train_together_and_export_plain(tmp_path):
+    """Number rows are sums of shared (place, digit) vectors while training; export bakes them into plain rows."""
+    from gptoss.cli.train_tiny import number_ids
+    from gptoss.tokenizer import get_tokenizer
+    from gptoss.train.init import share_digits, torch_scale_init
+    from gptoss.train.trainer import Trainer, TrainingArgs
+    from gptoss.weights.loader import load_transformer
+
+    cfg = dataclasses.replace(_cfg(), kept_token_ids=tuple(sorted(set(range(300)) | number_ids())))
+    model = init_model(cfg, 0)
+    torch_scale_init(model, 0)
+    assert abs(model.embedding.weight.std().item() - 1.0) < 0.05
+    assert share_digits(model, 0) == 1110  # every 1-3 digit token ("0".."999", "00".."099", "000")
+    tok = get_tokenizer()
+    row = {tok.decode([t]): i for i, t in enumerate(cfg.kept_token_ids)}
+    emb = model.embedding.weight
+    parts = model.embedding.parametrizations.weight[0].parts
+    want = (parts[0 * 10 + 1] + parts[1 * 10 + 0] + parts[2 * 10 + 6] + parts[30 + 2]) / 2.0  # "106": 3 digits
+    torch.testing.assert_close(emb[row["106"]], want)
+    other = next(i for i, t in enumerate(cfg.kept_token_ids) if not tok.decode([t]).strip().isdigit())
+    model.embedding.weight[row["7"]].sum().backward()  # one number's loss reaches the vectors every number uses
+    assert parts.grad is not None and parts.grad[0 * 10 + 7].abs().sum() > 0 and parts.grad[1].abs().sum() == 0
+    before = {"emb": emb[other].detach().clone(), "106": emb[row["106"]].detach().clone()}
+    wdir = Trainer(model, TrainingArgs(out_dir=str(tmp_path)), {}).export(tmp_path / "export")
+    loaded = load_transformer(wdir, dtype="float32")[0]
+    torch.testing.assert_close(loaded.embedding.weight[row["106"]], before["106"].to(torch.bfloat16).float())
+    torch.testing.assert_close(loaded.embedding.weight[other], before["emb"].to(torch.bfloat16).float())
+    assert not any("parametrizations" in k for k in loaded.state_dict())

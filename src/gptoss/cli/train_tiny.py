@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=RECIPE["batch_size"],
                    help="conversations per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate (default: %(default)s)")
+    p.add_argument("--init", choices=["recipe", "torch"], default="recipe",
+                   help="recipe: std 0.02 (the shipped model); torch: embedding N(0,1), matrices at nn.Linear "
+                        "scale (copies faster; experimental) (default: %(default)s)")
+    p.add_argument("--shared-digits", action="store_true",
+                   help="train number tokens' embedding/unembedding rows as sums of shared per-digit vectors, "
+                        "baked into plain rows at export (experimental)")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                    help="torch threads (default: all cores, %(default)s)")
     for name, value in SHAPE.items():
@@ -176,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gptoss.train.corpus import parse_weights
-    from gptoss.train.init import init_model
+    from gptoss.train.init import init_model, share_digits, torch_scale_init
     from gptoss.train.trainer import Trainer, TrainingArgs
     from gptoss.weights.fingerprint import cache_dir
 
@@ -192,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = model_config(args, tiny_kept_ids([*data, *eval_data]))
     torch.manual_seed(args.seed)
     model = init_model(cfg, args.seed)
+    if args.init == "torch":
+        torch_scale_init(model, args.seed)
+    if args.shared_digits:
+        console.print(f"shared digit vectors: {share_digits(model, args.seed)} number rows", highlight=False)
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
                          max_seq_len=1024, lr=args.lr, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
                          eval_every=100, save_every=100, seed=args.seed, length_bucket=16,
@@ -247,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
 def _argv(args: argparse.Namespace, steps: int) -> str:
     parts = [f"--seed {args.seed}", f"--conversations {args.conversations}", f"--weights {args.weights}",
              f"--steps {steps}", f"--batch-size {args.batch_size}", f"--lr {args.lr:g}"]
+    parts += [f"--init {args.init}"] if args.init != "recipe" else []
+    parts += ["--shared-digits"] if args.shared_digits else []
     parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in SHAPE]
     return " ".join(parts)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from gptoss.config import ModelConfig
 from gptoss.model.transformer import DenseExpertWeight, Transformer
@@ -35,3 +36,61 @@ def init_model(cfg: ModelConfig, seed: int) -> Transformer:
     for block in model.block:
         assert isinstance(block.mlp.mlp1_weight, DenseExpertWeight)
     return model
+
+
+@torch.no_grad()
+def torch_scale_init(model: Transformer, seed: int) -> None:
+    """Embedding ~ N(0, 1), every other matrix ~ N(0, 1/(3 fan_in)) (PyTorch's ``nn.Linear`` scale); biases,
+    sinks and norm scales as they were. Learns to copy much faster than the std-0.02 recipe
+    (``scripts/probe_copy.py``)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            std = 1.0 if name == "embedding.weight" else 1.0 / (3 * p.shape[-1]) ** 0.5
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+class ComposedRows(nn.Module):
+    """A parametrization: the weight's rows ``rows`` are ``compose @ parts`` (learned shared vectors)."""
+
+    def __init__(self, rows: torch.Tensor, compose: torch.Tensor, parts: nn.Parameter) -> None:
+        super().__init__()
+        self.register_buffer("rows", rows)
+        self.register_buffer("compose", compose)
+        self.parts = parts
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.index_put((self.rows,), self.compose @ self.parts)
+
+
+def share_digits(model: Transformer, seed: int) -> int:
+    """Train the embedding and unembedding rows of 1-3 digit number tokens as sums of 33 shared vectors (one
+    per place and digit, one per length), separately for the two matrices; returns how many rows.
+
+    A 4-layer model does not learn to copy ~1,000 rarely seen number tokens by identity (a 1,000-token copy
+    probe stays near 7 % after 200 steps); with the rows built from shared digit vectors, what it learns about
+    one number serves all of them (96 %). Export bakes the rows into plain weights (``Trainer.export``): the
+    checkpoint and the architecture are unchanged."""
+    from torch.nn.utils import parametrize
+
+    from gptoss.tokenizer import get_tokenizer
+
+    kept = model.config.kept_token_ids
+    assert kept is not None, "number rows are shared only for a trimmed vocabulary"
+    tok, gen = get_tokenizer(), torch.Generator().manual_seed(seed + 2)
+    rows, comp = [], []
+    for row, t in enumerate(kept):
+        text = tok.decode([t])
+        if text.isdigit() and len(text) <= 3:
+            c = torch.zeros(33)
+            c[30 + len(text) - 1] = 1.0
+            for i, ch in enumerate(text):
+                c[10 * i + int(ch)] = 1.0
+            rows.append(row)
+            comp.append(c / (len(text) + 1) ** 0.5)
+    index, compose = torch.tensor(rows), torch.stack(comp)
+    for layer in (model.embedding, model.unembedding):
+        std = float(layer.weight.detach().std())
+        parts = nn.Parameter(torch.randn(33, layer.weight.shape[1], generator=gen) * std)
+        parametrize.register_parametrization(layer, "weight", ComposedRows(index, compose, parts))
+    return len(rows)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 
 from gptoss.model.transformer import DenseExpertWeight, Transformer
@@ -154,7 +155,12 @@ class Trainer:
 
     def export(self, dest: str | Path | None = None) -> Path:
         """An inference checkpoint (MXFP4 experts) plus lineage.json; returns its directory."""
-        model = quantize_experts(copy.deepcopy(self.model))
+        model = copy.deepcopy(self.model)
+        for module in model.modules():  # trained parametrizations (e.g. shared digit rows) become plain weights
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        model = quantize_experts(model)
         dest = Path(dest) if dest else self.out / "model"
         wdir = save_checkpoint(model, dest)
         lineage = {**self.lineage, "steps": self.step, "training_args": asdict(self.args),
