@@ -26,10 +26,12 @@ def load(path: Path) -> torch.nn.Module:
         from gptoss.weights.loader import load_transformer
 
         return load_transformer(path, dtype="float32")[0]
-    from gptoss.train.init import init_model
+    from gptoss.train.init import init_model, share_digits
 
     state = torch.load(path, weights_only=False)
     model = init_model(_config_from_work(path.parent), 0)
+    if any(".parametrizations." in k for k in state["model"]):  # a --shared-digits run
+        share_digits(model, 0)
     model.load_state_dict(state["model"])
     return model
 
