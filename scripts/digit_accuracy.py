@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load(args.checkpoint).eval()
     digits = torch.tensor(sorted(number_ids()))
-    for family in ("python", "functions", "json", "browser"):
+    for family in ("python", "functions", "json", "browser", "echo"):
         right = total = 0
         for task in generate_tasks(args.n, 7, "heldout", families=[family]):
             ex = encode_conversation(task.messages)

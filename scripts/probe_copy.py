@@ -47,6 +47,10 @@ def main() -> None:
                    help="extra filler between the tokens and their copy (0-30 more are added at random)")
     p.add_argument("--distractors", action="store_true",
                    help="the filler holds other numbers too, as a conversation does around the value to copy")
+    p.add_argument("--prefix", type=int, default=0,
+                   help="a fixed run of this many tokens before every example, as a system prompt is")
+    p.add_argument("--prefix-from", type=int, default=0,
+                   help="with --prefix: add it only from this step on (a short-context curriculum first)")
     p.add_argument("--vocab", type=int, default=20, help="distinct tokens to copy")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vanilla", action="store_true", help="train nn.TransformerEncoder instead")
@@ -62,14 +66,16 @@ def main() -> None:
     torch.manual_seed(0)
     nums = sorted(number_ids())[:args.vocab]
     rng = random.Random(0)
+    prefix = [random.Random(1).choice([0, 1, 2]) for _ in range(args.prefix)]
 
-    def example() -> tuple[list[int], list[bool]]:
+    def example(step: int) -> tuple[list[int], list[bool]]:
         n = rng.randint(3, 8)
         xs = [rng.choice(nums) for _ in range(n)]
         filler = [rng.choice([0, 1, 2]) for _ in range(args.gap + rng.randint(0, 30))]
         if args.distractors:  # one in eight filler tokens is another number
             filler = [rng.choice(nums) if rng.random() < 0.125 else f for f in filler]
-        return xs + filler + [3] + xs, [False] * (n + len(filler) + 1) + [True] * n
+        pre = prefix if step >= args.prefix_from else []
+        return pre + xs + filler + [3] + xs, [False] * (len(pre) + n + len(filler) + 1) + [True] * n
 
     if args.vanilla:
         ids = sorted(set(nums) | {0, 1, 2, 3})
@@ -121,7 +127,7 @@ def main() -> None:
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr, betas=(0.9, 0.95))
     start = time.time()
     for step in range(1, args.steps + 1):
-        batch = [example() for _ in range(16)]
+        batch = [example(step) for _ in range(16)]
         t = max(len(tokens) for tokens, _ in batch)
         x = torch.zeros(16, t, dtype=torch.long)
         mask = torch.zeros(16, t, dtype=torch.bool)

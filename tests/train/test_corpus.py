@@ -164,3 +164,20 @@ def test_corpus_cli(tmp_path, capsys):
     assert "distinct token ids" in printed and "python" in printed and "25 heldout conversations" in printed
     with pytest.raises(ValueError, match="bad weight"):
         corpus_cli.run(parser.parse_args(["--n", "1", "--weights", "nope=1", "--out", str(out)]))
+
+
+def test_echo_is_a_training_aid_off_by_default():
+    """The echo family (repeat the user's values exactly) is drawn only when weighted; its answer is a copy."""
+    assert "echo" not in FAMILIES and parse_weights(None)["echo"] == 0
+    assert all(t.family != "echo" for t in generate_tasks(200, seed=4))
+    echo = generate_tasks(30, seed=4, weights={**{f: 0 for f in FAMILIES}, "echo": 1})
+    assert {t.family for t in echo} == {"echo"}
+    for t in echo:
+        answer = t.messages[-1]
+        assert answer.channel == "final"
+        text = answer.content[0].text
+        assert t.messages[t.prompt_len - 1].content[0].text.endswith(text) and text == t.expect["contains"]
+        ex = encode_conversation(t.messages)
+        assert sum(ex.mask) > len(text.split())  # the copy is learned, token by token
+    mixed = generate_tasks(100, seed=4, weights={"echo": 0.5})
+    assert 20 < sum(t.family == "echo" for t in mixed) < 60

@@ -13,7 +13,7 @@ from gptoss.models import MANIFEST, default_model_path
 
 TOY = ["--conversations", "24", "--steps", "3", "--batch-size", "4", "--threads", "1", "--layers", "2",
        "--hidden", "64", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--experts", "4", "--top-k", "2",
-       "--intermediate", "64", "--window", "16", "--context", "512"]
+       "--intermediate", "64", "--window", "16", "--context", "512", "--curriculum", "1"]
 
 
 def train_tiny(out, work, *extra: str) -> subprocess.CompletedProcess:
@@ -69,3 +69,11 @@ def test_bad_budget_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gptoss.cli.main", "train-tiny", "--out", str(tmp_path / "o"),
                            "--weights", "python=x"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "bad weight" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_curriculum_longer_than_the_run_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gptoss.cli.main", "train-tiny", "--out", str(tmp_path / "o"),
+                           "--work", str(tmp_path / "w"), *TOY, "--curriculum", "3"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and "--curriculum 3 leaves no steps" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -76,3 +76,44 @@ def test_training_learns_and_resumes_and_exports(tiny_checkpoint, tmp_path):
     got = served.logits(ex.tokens)
     # fake-quant training means exporting changes nothing but bf16 rounding of dense weights
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
+
+
+def test_short_form_drops_the_system_message():
+    full, short = encode_conversation(convo("What is 2+2?", "4")), encode_conversation(convo("What is 2+2?", "4"),
+                                                                                        system=False)
+    text = harmony_encoding().decode(short.tokens)
+    assert text.startswith("<|start|>user<|message|>What is 2+2?") and "<|start|>system" not in text
+    learned = [t for t, m in zip(full.tokens, full.mask, strict=True) if m]
+    assert learned == [t for t, m in zip(short.tokens, short.mask, strict=True) if m]
+    assert len(short.tokens) < len(full.tokens)
+
+
+def test_curriculum_steps_draw_from_the_curriculum(tiny_checkpoint, tmp_path):
+    """The first curriculum_steps batches come from the curriculum data, the rest from the main data; resuming
+    past the curriculum needs no curriculum data; a curriculum without data is a clear error."""
+    early = [encode_conversation(convo("sky?", "blue"), system=False)]
+    main = [encode_conversation(convo("grass?", "green"))]
+    args = TrainingArgs(out_dir=str(tmp_path / "run"), steps=6, batch_size=1, warmup_steps=1, eval_every=0,
+                        save_every=0, curriculum_steps=4, fake_quant=False)
+    seen: list[int] = []
+    trainer = Trainer(gptoss.load(tiny_checkpoint, dtype="float32").transformer, args)
+    forward = trainer.model.forward
+
+    def spy(tokens, *a, **kw):
+        seen.append(len(tokens[0]))
+        return forward(tokens, *a, **kw)
+
+    trainer.model.forward = spy
+    trainer.train(main, curriculum=early)
+    assert seen == [len(early[0].tokens)] * 4 + [len(main[0].tokens)] * 2 and len(early[0].tokens) != len(
+        main[0].tokens)
+    later = Trainer(gptoss.load(tiny_checkpoint, dtype="float32").transformer,
+                    TrainingArgs(**{**args.__dict__, "steps": 7}))
+    assert later.try_resume() and later.step == 6
+    later.train(main)  # past the curriculum: no curriculum data needed
+    assert later.step == 7
+    with pytest.raises(ValueError, match="no curriculum data"):
+        Trainer(gptoss.load(tiny_checkpoint, dtype="float32").transformer,
+                TrainingArgs(**{**args.__dict__, "out_dir": str(tmp_path / "b")})).train(main)
+    with pytest.raises(ValueError, match="curriculum_steps"):
+        TrainingArgs(out_dir="x", steps=3, curriculum_steps=4)

@@ -18,13 +18,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from gptoss.cli.common import err_console, positive_int
+from gptoss.cli.common import err_console, non_negative_int, positive_int
 from gptoss.cli.train import step_info
 
 # The recipe of the bundled checkpoint; `gptoss train-tiny` with no options rebuilds it.
 SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
          "intermediate": 256, "window": 128, "context": 4096}
-RECIPE = {"seed": 0, "conversations": 24000, "steps": 2800, "batch_size": 16, "lr": 3e-3,
+RECIPE = {"seed": 0, "conversations": 24000, "steps": 2800, "batch_size": 16, "lr": 3e-3, "init": "recipe",
+          "shared_digits": False, "curriculum": 0,
+          "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=1",
           "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13"}
 EVAL_CONVERSATIONS = 96
 ENCODING_VERSION = 2  # bump when train.data's tokens or masks change (invalidates cached corpora)
@@ -67,12 +69,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=RECIPE["batch_size"],
                    help="conversations per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate (default: %(default)s)")
-    p.add_argument("--init", choices=["recipe", "torch"], default="recipe",
-                   help="recipe: std 0.02 (the shipped model); torch: embedding N(0,1), matrices at nn.Linear "
-                        "scale (copies faster; experimental) (default: %(default)s)")
-    p.add_argument("--shared-digits", action="store_true",
+    p.add_argument("--init", choices=["recipe", "torch"], default=RECIPE["init"],
+                   help="torch: embedding N(0,1), matrices at nn.Linear scale (learns to copy much faster); "
+                        "recipe: std 0.02 (gptoss.train.init) (default: %(default)s)")
+    p.add_argument("--shared-digits", action=argparse.BooleanOptionalAction, default=RECIPE["shared_digits"],
                    help="train number tokens' embedding/unembedding rows as sums of shared per-digit vectors, "
-                        "baked into plain rows at export (experimental)")
+                        "baked into plain rows at export (default: on)")
+    p.add_argument(
+        "--curriculum", type=non_negative_int, default=RECIPE["curriculum"], metavar="STEPS",
+        help="first train STEPS steps on short conversations (no system message) of --curriculum-weights' "
+             "families: a small model learns to copy values fast from a short context and then keeps the skill "
+             "(a long fixed prefix from step 0 stalls it) (default: %(default)s)")
+    p.add_argument("--curriculum-weights", default=RECIPE["curriculum_weights"],
+                   metavar="FAMILY=W,...", help="family mix of the curriculum (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                    help="torch threads (default: all cores, %(default)s)")
     for name, value in SHAPE.items():
@@ -111,18 +120,20 @@ def tiny_kept_ids(examples: list) -> tuple[int, ...]:
     return tuple(sorted({*kept_ids(examples), *number_ids()}))
 
 
-def _shard(job: tuple[int, int, str, dict]) -> list:
+def _shard(job: tuple[int, int, str, dict, bool]) -> list:
     from gptoss.train.corpus import generate_tasks
     from gptoss.train.data import encode_conversation
 
-    n, seed, split, weights = job
-    return [encode_conversation(t.messages) for t in generate_tasks(n, seed, split, weights)]
+    n, seed, split, weights, system = job
+    return [encode_conversation(t.messages, system) for t in generate_tasks(n, seed, split, weights)]
 
 
-def build_corpus(n: int, seed: int, split: str, weights: dict, workers: int) -> list:
-    """``n`` encoded conversations in shards of :data:`SHARD`, shard ``k`` seeded ``seed * 100000 + k``: the
-    result does not depend on ``workers``."""
-    jobs = [(min(SHARD, n - start), seed * 100_000 + k, split, weights) for k, start in enumerate(range(0, n, SHARD))]
+def build_corpus(n: int, seed: int, split: str, weights: dict, workers: int, system: bool = True,
+                 first_shard: int = 0) -> list:
+    """``n`` encoded conversations in shards of :data:`SHARD`, shard ``k`` seeded ``seed * 100000 + first_shard +
+    k``: the result does not depend on ``workers``. ``system=False``: rendered without the system message."""
+    jobs = [(min(SHARD, n - start), seed * 100_000 + first_shard + k, split, weights, system)
+            for k, start in enumerate(range(0, n, SHARD))]
     if workers <= 1 or len(jobs) == 1:
         parts = [_shard(j) for j in jobs]
     else:
@@ -133,24 +144,35 @@ def build_corpus(n: int, seed: int, split: str, weights: dict, workers: int) -> 
     return [e for part in parts for e in part]
 
 
-def _corpus(args: argparse.Namespace, work: Path, weights: dict, console: Console) -> tuple[list, list]:
+def _corpus(args: argparse.Namespace, work: Path, weights: dict, console: Console) -> tuple[list, list, list]:
+    """(training, held-out, curriculum) examples; cached in WORK/corpus.pt under the options that made them."""
     import torch
 
+    from gptoss.train.corpus import parse_weights
+
+    n_early = args.curriculum * args.batch_size  # each curriculum conversation is seen once
+    early_weights = parse_weights(args.curriculum_weights) if n_early else {}
     key = {"encoding": ENCODING_VERSION, "seed": args.seed, "conversations": args.conversations,
            "weights": weights, "eval": EVAL_CONVERSATIONS}
+    if n_early:
+        key["curriculum"] = {"conversations": n_early, "weights": early_weights}
     cache = work / "corpus.pt"
     if cache.is_file():
         saved = torch.load(cache, weights_only=False)
         if saved.get("key") == key:
             console.print(f"corpus: cached {cache}", highlight=False)
-            return saved["train"], saved["eval"]
+            return saved["train"], saved["eval"], saved.get("curriculum", [])
     t0 = time.perf_counter()
     train = build_corpus(args.conversations, args.seed, "train", weights, args.threads)
     evald = build_corpus(EVAL_CONVERSATIONS, args.seed, "heldout", weights, 1)
-    torch.save({"key": key, "train": train, "eval": evald}, cache)
-    console.print(f"corpus: {len(train)} training + {len(evald)} held-out conversations in "
-                  f"{time.perf_counter() - t0:.0f} s", highlight=False)
-    return train, evald
+    # Curriculum shards are numbered after every training shard, so they are new conversations.
+    early = build_corpus(n_early, args.seed, "train", early_weights, args.threads, system=False,
+                         first_shard=50_000) if n_early else []
+    torch.save({"key": key, "train": train, "eval": evald, "curriculum": early}, cache)
+    console.print(f"corpus: {len(train)} training + {len(evald)} held-out conversations"
+                  + (f" + {len(early)} short curriculum ones" if early else "")
+                  + f" in {time.perf_counter() - t0:.0f} s", highlight=False)
+    return train, evald, early
 
 
 def _calibrate(model, targs, data, minutes: float, console: Console) -> int:
@@ -160,7 +182,7 @@ def _calibrate(model, targs, data, minutes: float, console: Console) -> int:
     from gptoss.train.trainer import Trainer
 
     probe_args = dataclasses.replace(targs, out_dir=str(Path(targs.out_dir) / "calibrate"), steps=6, eval_every=0,
-                                     save_every=0)
+                                     save_every=0, curriculum_steps=0)
     probe = Trainer(copy.deepcopy(model), probe_args)
     times: list[float] = []
     last = [time.perf_counter()]
@@ -190,12 +212,14 @@ def run(args: argparse.Namespace) -> int:
     torch.set_flush_denormal(True)  # tiny weights early in training would otherwise hit slow denormal paths
     console = Console()
     weights = parse_weights(args.weights)
+    if args.minutes is None:
+        _check_curriculum(args.curriculum, args.steps or RECIPE["steps"])
     out: Path = args.out
     work: Path = args.work or cache_dir() / "train-tiny" / str(args.seed)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    data, eval_data = _corpus(args, work, weights, console)
-    cfg = model_config(args, tiny_kept_ids([*data, *eval_data]))
+    data, eval_data, early = _corpus(args, work, weights, console)
+    cfg = model_config(args, tiny_kept_ids([*data, *eval_data, *early]))
     torch.manual_seed(args.seed)
     model = init_model(cfg, args.seed)
     if args.init == "torch":
@@ -205,11 +229,14 @@ def run(args: argparse.Namespace) -> int:
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
                          max_seq_len=1024, lr=args.lr, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
                          eval_every=100, save_every=100, seed=args.seed, length_bucket=16,
-                         fake_quant_from=0.75)
+                         fake_quant_from=0.75, curriculum_steps=args.curriculum)
     if args.minutes is not None:
         if args.resume:
             raise ValueError("--minutes picks a new step count; resume with the --steps it printed")
-        targs = dataclasses.replace(targs, steps=_calibrate(model, targs, data, args.minutes, console))
+        steps = _calibrate(model, targs, data, args.minutes, console)
+        _check_curriculum(args.curriculum, steps)
+        targs = dataclasses.replace(targs, steps=steps)
+
     lineage = {"name": "gpt-oss-tiny", "built_by": "gptoss train-tiny", "seed": args.seed,
                "conversations": args.conversations, "eval_conversations": EVAL_CONVERSATIONS,
                "family_weights": weights, "shape": {k: getattr(args, k) for k in SHAPE},
@@ -239,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         def stop() -> bool:
             return deadline is not None and time.perf_counter() > deadline
 
-        history = trainer.train(data, eval_data, on_step, stop)
+        history = trainer.train(data, eval_data, on_step, stop, curriculum=early)
     if trainer.step < targs.steps:
         console.print(f"--max-minutes reached: stopped at step {trainer.step} of {targs.steps}", style="yellow")
         lineage["stopped_early_at_step"] = trainer.step
@@ -254,11 +281,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_curriculum(curriculum: int, steps: int) -> None:
+    if curriculum >= steps:
+        raise ValueError(f"--curriculum {curriculum} leaves no steps of the main corpus out of {steps}; give more "
+                         f"--steps (or --minutes) or a smaller --curriculum (0 = none)")
+
+
 def _argv(args: argparse.Namespace, steps: int) -> str:
     parts = [f"--seed {args.seed}", f"--conversations {args.conversations}", f"--weights {args.weights}",
              f"--steps {steps}", f"--batch-size {args.batch_size}", f"--lr {args.lr:g}"]
-    parts += [f"--init {args.init}"] if args.init != "recipe" else []
-    parts += ["--shared-digits"] if args.shared_digits else []
+    parts += [f"--init {args.init}", "--shared-digits" if args.shared_digits else "--no-shared-digits"]
+    parts += [f"--curriculum {args.curriculum}", f"--curriculum-weights {args.curriculum_weights}"] \
+        if args.curriculum else []
     parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in SHAPE]
     return " ".join(parts)
 

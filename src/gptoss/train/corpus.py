@@ -68,6 +68,7 @@ from gptoss.train.world import (
     Doc,
     FakeSearch,
     _by_effort,
+    _clock,
     _date,
     _join,
     _number,
@@ -80,8 +81,10 @@ from gptoss.train.world import (
     split_of,
 )
 
-FAMILIES = ("python", "functions", "browser", "json", "chat")
-DEFAULT_WEIGHTS = {"python": 0.22, "functions": 0.25, "browser": 0.18, "json": 0.17, "chat": 0.18}
+FAMILIES = ("python", "functions", "browser", "json", "chat")  # what the model is for (and what eval scores)
+# Training aids: families that teach a skill the others need but that is not a use case. Weight 0 by default.
+AUX_FAMILIES = ("echo",)
+DEFAULT_WEIGHTS = {"python": 0.22, "functions": 0.25, "browser": 0.18, "json": 0.17, "chat": 0.18, "echo": 0.0}
 SPLITS = ("train", "heldout")
 MAX_BODY_TOKENS = 350  # tokens after the system message (whose tool descriptions are fixed boilerplate)
 MAX_TRIES = 2000
@@ -419,9 +422,43 @@ def _chat_task(rng: random.Random, effort: str) -> tuple[Task, Callable[[_Builde
     return task, build
 
 
+# echo (training aid) ---------------------------------------------------------------------------------------------
+
+_ECHO_REQUESTS = ("Repeat exactly: {text}", "Say this back to me: {text}", "Copy this: {text}",
+                  "Please repeat {text}", "Echo: {text}", "Write down: {text}")
+
+
+def _echo_value(rng: random.Random) -> str:
+    """One value of the kinds the other families copy: numbers of any length, prices, dates, clock times, names,
+    cities, items."""
+    makers: tuple[Callable[[], str], ...] = (
+        lambda: str(_number(rng, 1, 9)), lambda: str(_number(rng, 1, 9)), lambda: str(_number(rng, 1, 9)),
+        lambda: str(_price(rng)), lambda: _date(rng), lambda: _clock(rng), lambda: _person(rng),
+        lambda: rng.choice(CITIES), lambda: rng.choice(ITEMS))
+    return rng.choice(makers)()
+
+
+def _echo_task(rng: random.Random, effort: str) -> tuple[Task, Callable[[_Builder], None]]:
+    """The user gives 2-10 random values; the answer repeats them exactly. Nothing in the answer can be guessed,
+    so the whole loss is on copying from context: the skill every other family needs for its values and the one
+    a small model is slowest to pick up from them alone (README, gpt-oss-tiny)."""
+    text = rng.choice((" ", ", ", "; ")).join(_echo_value(rng) for _ in range(rng.randint(2, 10)))
+    user = rng.choice(_ECHO_REQUESTS).format(text=text)
+    plan = _by_effort(effort, "Repeat it.", "The user wants the text repeated. Copy it exactly.",
+                      _steps("the user wants the text repeated.", "no tool is needed.", "copy it exactly."))
+    task = _new_task(rng, "echo", "echo", effort, user, python=rng.random() < 0.3, browser=rng.random() < 0.2)
+    task.expect.update({"contains": text})
+
+    def build(b: _Builder) -> None:
+        b.think(plan)
+        b.answer(text)
+
+    return task, build
+
+
 _FAMILY_BUILDERS: dict[str, Callable[[random.Random, str], tuple[Task, Callable[[_Builder], None]]]] = {
     "python": _python_task, "functions": _functions_task, "browser": _browser_task, "json": _json_task,
-    "chat": _chat_task,
+    "chat": _chat_task, "echo": _echo_task,
 }
 
 
@@ -446,7 +483,7 @@ def body_tokens(messages: Sequence[Message]) -> int:
 def make_task(rng: random.Random, family: str, split: str = "train") -> Task:
     """One conversation of ``family`` whose prompt belongs to ``split`` (rejection sampling)."""
     if family not in _FAMILY_BUILDERS:
-        raise ValueError(f"unknown task family {family!r}; choose from {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown task family {family!r}; choose from {', '.join(FAMILIES + AUX_FAMILIES)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'heldout'")
     for _ in range(MAX_TRIES):
@@ -469,7 +506,8 @@ def parse_weights(text: str | None) -> dict[str, float]:
         name, sep, value = part.partition("=")
         name = name.strip()
         if not sep or name not in weights:
-            raise ValueError(f"bad weight {part!r}: expected FAMILY=NUMBER with FAMILY in {', '.join(FAMILIES)}")
+            raise ValueError(f"bad weight {part!r}: expected FAMILY=NUMBER with FAMILY in "
+                             f"{', '.join(FAMILIES + AUX_FAMILIES)}")
         try:
             weights[name] = float(value)
         except ValueError:
@@ -490,7 +528,7 @@ def generate_tasks(n: int, seed: int, split: str = "train", weights: dict[str, f
     if families is not None:
         return [make_task(rng, families[i % len(families)], split) for i in range(n)]
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
-    names = [f for f in FAMILIES if w.get(f, 0) > 0]
+    names = [f for f in FAMILIES + AUX_FAMILIES if w.get(f, 0) > 0]
     picks = rng.choices(names, weights=[w[f] for f in names], k=n)
     return [make_task(rng, fam, split) for fam in picks]
 

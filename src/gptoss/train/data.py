@@ -40,11 +40,16 @@ def message_from_dict(d: dict) -> Message:
     return Message.from_dict(d)
 
 
-def encode_conversation(messages: Sequence[Message]) -> Example:
-    """Tokens and targets for the last turn of ``messages`` (its assistant messages)."""
+def encode_conversation(messages: Sequence[Message], system: bool = True) -> Example:
+    """Tokens and targets for the last turn of ``messages`` (its assistant messages).
+
+    ``system=False`` drops the system message instead of supplying a default one: a short-context form for a
+    training curriculum (a long fixed prefix slows learning to copy, ``scripts/probe_copy.py --prefix``)."""
     enc = harmony_encoding()
     messages = list(messages)
-    if not messages or messages[0].author.role != Role.SYSTEM:
+    if not system:
+        messages = [m for m in messages if m.author.role != Role.SYSTEM]
+    elif not messages or messages[0].author.role != Role.SYSTEM:
         messages.insert(0, system_message())
     last_user = max((i for i, m in enumerate(messages) if m.author.role in (Role.USER, Role.DEVELOPER,
                                                                              Role.SYSTEM)), default=0)

@@ -48,6 +48,9 @@ class TrainingArgs:
     loss_chunk: int = field(default=512, metadata={"help": "positions unembedded at once"})
     length_bucket: int = field(default=0, metadata={"help": "sort windows of this many batches by length "
                                                             "(less padding; 0 = plain shuffle)"})
+    curriculum_steps: int = field(default=0, metadata={"help": "the first steps draw batches from the "
+                                                               "curriculum data instead (same optimizer and "
+                                                               "schedule)"})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_seq_len", "loss_chunk"):
@@ -55,6 +58,8 @@ class TrainingArgs:
                 raise ValueError(f"{name} must be >= 1")
         if not self.lr > 0:
             raise ValueError("lr must be > 0")
+        if not 0 <= self.curriculum_steps <= self.steps:
+            raise ValueError("curriculum_steps must be between 0 and steps")
 
 
 @dataclass
@@ -186,14 +191,28 @@ class Trainer:
 
     def train(self, data: Sequence[Example], eval_data: Sequence[Example] = (),
               on_step: Callable[[StepLog], None] | None = None,
-              stop: Callable[[], bool] | None = None) -> list[StepLog]:
-        """Train to ``args.steps`` (or until ``stop()`` says so, checked after each step); state is saved."""
+              stop: Callable[[], bool] | None = None, curriculum: Sequence[Example] = ()) -> list[StepLog]:
+        """Train to ``args.steps`` (or until ``stop()`` says so, checked after each step); state is saved.
+
+        Steps before ``args.curriculum_steps`` take their batches from ``curriculum`` (e.g. short conversations
+        that teach a skill fast), the rest from ``data``."""
         args = self.args
-        stream: Iterator = batches(data, args.batch_size, args.max_seq_len, args.seed + self.step,
-                                   bucket=args.length_bucket)
+        if self.step < args.curriculum_steps and not curriculum:
+            raise ValueError(f"curriculum_steps is {args.curriculum_steps} but no curriculum data was given")
+
+        def stream_of(examples: Sequence[Example]) -> Iterator:
+            return batches(examples, args.batch_size, args.max_seq_len, args.seed + self.step,
+                           bucket=args.length_bucket)
+
+        early: Iterator | None = stream_of(curriculum) if self.step < args.curriculum_steps else None
+        stream: Iterator | None = None
         self.model.train()
         while self.step < args.steps:
-            tokens, mask = next(stream)
+            if early is not None and self.step < args.curriculum_steps:
+                tokens, mask = next(early)
+            else:
+                stream = stream or stream_of(data)
+                tokens, mask = next(stream)
             self._set_fake_quant(self.step)
             start = time.perf_counter()
             loss, _, _ = masked_loss(self.model, tokens, mask, args.loss_chunk)
