@@ -22,6 +22,11 @@ but does not stop it: ``--gap 150`` (past the 128-token band) 67% at step 200, s
 better than before (README), so the corpus's harder part is elsewhere (values retrieved by role from varied
 templates, many families learned at once), not distance or distractors.
 
+Session 15: the long context is what stalls it. ``--prefix 300`` (a fixed 300-token run before every example, as
+a system prompt is) gives 13% at step 200 against 96% without; ``--prefix 300 --prefix-from 150`` (short examples
+first) drops to 2% when the prefix appears at step 150 and reaches 99% at step 200, 100% at 250. train-tiny's
+``--curriculum`` does the same on the real corpus: the bundled model copies numbers since.
+
     .venv/bin/python scripts/probe_copy.py --steps 150 [--vanilla] [--vocab 20] [--lr 1e-3] [--init torch]
                                            [--shared-digits]
 """

@@ -24,10 +24,10 @@ from gptoss.cli.train import step_info
 # The recipe of the bundled checkpoint; `gptoss train-tiny` with no options rebuilds it.
 SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
          "intermediate": 256, "window": 128, "context": 4096}
-RECIPE = {"seed": 0, "conversations": 24000, "steps": 2800, "batch_size": 16, "lr": 3e-3, "init": "recipe",
-          "shared_digits": False, "curriculum": 0,
+RECIPE = {"seed": 0, "conversations": 24000, "steps": 2000, "batch_size": 16, "lr": 1e-3, "init": "torch",
+          "shared_digits": True, "curriculum": 200,
           "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=1",
-          "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13"}
+          "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13,echo=0.15"}
 EVAL_CONVERSATIONS = 96
 ENCODING_VERSION = 2  # bump when train.data's tokens or masks change (invalidates cached corpora)
 SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)

@@ -13,6 +13,9 @@ them:
 - ``chat``: greetings, who-are-you (a developer-given name or ``gpt-oss-tiny``) and polite refusals of requests
   no tool can serve.
 
+A training aid, ``echo`` (weight 0 unless asked for, never evaluated): the user gives random values and the
+answer repeats them exactly, so all of its loss is on copying from context.
+
 Every conversation has ``Reasoning: low|medium|high`` (uniform) and analysis whose length grows with effort: one
 short clause at low, two clauses at medium, three or four ``Step n:`` sentences at high.
 
