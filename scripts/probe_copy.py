@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from gptoss.cli.train_tiny import number_ids
 from gptoss.config import preset
-from gptoss.train.init import init_model, share_digits, torch_scale_init
+from gptoss.train.init import init_model, share_digits, share_spelling, torch_scale_init
 
 
 def main() -> None:
@@ -56,6 +56,10 @@ def main() -> None:
                    help="a fixed run of this many tokens before every example, as a system prompt is")
     p.add_argument("--prefix-from", type=int, default=0,
                    help="with --prefix: add it only from this step on (a short-context curriculum first)")
+    p.add_argument("--shared-spelling", action="store_true",
+                   help="letter tokens' rows as sums of shared (place, letter) vectors (train.init.share_spelling)")
+    p.add_argument("--names", action="store_true",
+                   help="copy the corpus's name and city tokens (302 ids) instead of number tokens")
     p.add_argument("--vocab", type=int, default=20, help="distinct tokens to copy")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vanilla", action="store_true", help="train nn.TransformerEncoder instead")
@@ -69,7 +73,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    nums = sorted(number_ids())[:args.vocab]
+    nums = sorted(name_ids())[:args.vocab] if args.names else sorted(number_ids())[:args.vocab]
     rng = random.Random(0)
     prefix = [random.Random(1).choice([0, 1, 2]) for _ in range(args.prefix)]
 
@@ -118,6 +122,8 @@ def main() -> None:
             digit_rows(gm, kept)
         if args.shared_digits:
             share_digits(gm, 0)
+        if args.shared_spelling:
+            print(f"shared spelling: {share_spelling(gm, 0)} rows", flush=True)
         gm.train()
         gm.requires_grad_(True)
         gm.rope.requires_grad_(False)
@@ -153,6 +159,15 @@ def main() -> None:
             acc = (out[m].argmax(-1) == targets[m]).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}, copy accuracy {acc:.3f} ({time.time() - start:.0f} s)",
                   flush=True)
+
+
+def name_ids() -> set[int]:
+    """Token ids of the corpus's first names, last names and cities (as they follow a space)."""
+    from gptoss.tokenizer import get_tokenizer
+    from gptoss.train.world import CITIES, FIRST_NAMES, LAST_NAMES
+
+    tok = get_tokenizer()
+    return {t for w in (*FIRST_NAMES, *LAST_NAMES, *CITIES) for t in tok.encode(" " + w)}
 
 
 @torch.no_grad()

@@ -69,3 +69,24 @@ def test_shared_digit_rows_train_together_and_export_plain(tmp_path):
     torch.testing.assert_close(loaded.embedding.weight[row["106"]], before["106"].to(torch.bfloat16).float())
     torch.testing.assert_close(loaded.embedding.weight[other], before["emb"].to(torch.bfloat16).float())
     assert not any("parametrizations" in k for k in loaded.state_dict())
+
+
+def test_shared_spelling_rows_are_letter_sums():
+    """Letter-token rows are normalised sums of (place, letter), length, capital and leading-space vectors;
+    other tokens keep their own rows; both matrices are shared separately."""
+    from gptoss.tokenizer import get_tokenizer
+    from gptoss.train.init import SPELLING_PLACES, share_spelling
+
+    tok = get_tokenizer()
+    ids = {*tok.encode(" Oslo"), *tok.encode("ab"), *tok.encode("42"), *tok.encode(" ,")}
+    cfg = dataclasses.replace(_cfg(), kept_token_ids=tuple(sorted(set(range(10)) | ids)))
+    model = init_model(cfg, 0)
+    rows = {tok.decode([t]): i for i, t in enumerate(cfg.kept_token_ids)}
+    plain = model.embedding.weight[rows["42"]].detach().clone()
+    assert share_spelling(model, 0) == 2  # " Oslo" and "ab"; not "42", not punctuation
+    n = SPELLING_PLACES * 26 + SPELLING_PLACES + 2
+    for matrix in (model.embedding, model.unembedding):
+        parts = matrix.parametrizations.weight[0].parts
+        f = [26 * i + ord(c) - ord("a") for i, c in enumerate("oslo")] + [26 * SPELLING_PLACES + 3, n - 2, n - 1]
+        torch.testing.assert_close(matrix.weight[rows[" Oslo"]], parts[f].sum(0) / len(f) ** 0.5)
+    torch.testing.assert_close(model.embedding.weight[rows["42"]], plain)

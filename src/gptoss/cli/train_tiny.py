@@ -75,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared-digits", action=argparse.BooleanOptionalAction, default=RECIPE["shared_digits"],
                    help="train number tokens' embedding/unembedding rows as sums of shared per-digit vectors, "
                         "baked into plain rows at export (default: on)")
+    p.add_argument("--shared-spelling", action="store_true",
+                   help="the same for word pieces of letters: rows as sums of shared (place, letter) vectors "
+                        "(experimental; names are what the model still fails to copy)")
     p.add_argument(
         "--curriculum", type=non_negative_int, default=RECIPE["curriculum"], metavar="STEPS",
         help="first train STEPS steps on short conversations (no system message) of --curriculum-weights' "
@@ -204,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gptoss.train.corpus import parse_weights
-    from gptoss.train.init import init_model, share_digits, torch_scale_init
+    from gptoss.train.init import init_model, share_digits, share_spelling, torch_scale_init
     from gptoss.train.trainer import Trainer, TrainingArgs
     from gptoss.weights.fingerprint import cache_dir
 
@@ -226,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         torch_scale_init(model, args.seed)
     if args.shared_digits:
         console.print(f"shared digit vectors: {share_digits(model, args.seed)} number rows", highlight=False)
+    if args.shared_spelling:
+        console.print(f"shared spelling vectors: {share_spelling(model, args.seed)} letter rows", highlight=False)
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
                          max_seq_len=1024, lr=args.lr, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
                          eval_every=100, save_every=100, seed=args.seed, length_bucket=16,
@@ -291,6 +296,7 @@ def _argv(args: argparse.Namespace, steps: int) -> str:
     parts = [f"--seed {args.seed}", f"--conversations {args.conversations}", f"--weights {args.weights}",
              f"--steps {steps}", f"--batch-size {args.batch_size}", f"--lr {args.lr:g}"]
     parts += [f"--init {args.init}", "--shared-digits" if args.shared_digits else "--no-shared-digits"]
+    parts += ["--shared-spelling"] if args.shared_spelling else []
     parts += [f"--curriculum {args.curriculum}", f"--curriculum-weights {args.curriculum_weights}"] \
         if args.curriculum else []
     parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in SHAPE]

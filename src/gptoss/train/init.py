@@ -71,26 +71,60 @@ def share_digits(model: Transformer, seed: int) -> int:
     probe stays near 7 % after 200 steps); with the rows built from shared digit vectors, what it learns about
     one number serves all of them (96 %). Export bakes the rows into plain weights (``Trainer.export``): the
     checkpoint and the architecture are unchanged."""
+
+    def features(text: str) -> list[int] | None:
+        if not (text.isdigit() and len(text) <= 3):
+            return None
+        return [30 + len(text) - 1] + [10 * i + int(ch) for i, ch in enumerate(text)]
+
+    return _share_rows(model, seed, 33, features)
+
+
+SPELLING_PLACES = 8
+
+
+def share_spelling(model: Transformer, seed: int) -> int:
+    """Like :func:`share_digits`, for word pieces made of ASCII letters (with or without a leading space): rows
+    are sums of shared (place, letter) vectors for the first 8 letters, plus length, capital and leading-space
+    vectors. Experimental (``scripts/probe_copy.py --names --shared-spelling``)."""
+    n = SPELLING_PLACES * 26 + SPELLING_PLACES + 2
+
+    def features(text: str) -> list[int] | None:
+        word = text[1:] if text.startswith(" ") else text
+        if not word or not (word.isascii() and word.isalpha()):
+            return None
+        f = [26 * i + ord(ch) - ord("a") for i, ch in enumerate(word.lower()[:SPELLING_PLACES])]
+        f.append(26 * SPELLING_PLACES + min(len(word), SPELLING_PLACES) - 1)
+        f += [n - 2] if word[0].isupper() else []
+        f += [n - 1] if text.startswith(" ") else []
+        return f
+
+    return _share_rows(model, seed + 10, n, features)
+
+
+def _share_rows(model: Transformer, seed: int, n_parts: int, features) -> int:
+    """Reparametrize the kept-vocabulary rows whose token text has ``features(text)`` (indices into ``n_parts``
+    shared vectors) as normalised sums of those vectors, separately in the embedding and the unembedding."""
     from torch.nn.utils import parametrize
 
     from gptoss.tokenizer import get_tokenizer
 
     kept = model.config.kept_token_ids
-    assert kept is not None, "number rows are shared only for a trimmed vocabulary"
+    assert kept is not None, "rows are shared only for a trimmed vocabulary"
     tok, gen = get_tokenizer(), torch.Generator().manual_seed(seed + 2)
     rows, comp = [], []
     for row, t in enumerate(kept):
-        text = tok.decode([t])
-        if text.isdigit() and len(text) <= 3:
-            c = torch.zeros(33)
-            c[30 + len(text) - 1] = 1.0
-            for i, ch in enumerate(text):
-                c[10 * i + int(ch)] = 1.0
+        f = features(tok.decode([t]))
+        if f:
+            c = torch.zeros(n_parts)
+            c[f] = 1.0
             rows.append(row)
-            comp.append(c / (len(text) + 1) ** 0.5)
+            comp.append(c / len(f) ** 0.5)
+    if not rows:
+        return 0
     index, compose = torch.tensor(rows), torch.stack(comp)
     for layer in (model.embedding, model.unembedding):
         std = float(layer.weight.detach().std())
-        parts = nn.Parameter(torch.randn(33, layer.weight.shape[1], generator=gen) * std)
+        parts = nn.Parameter(torch.randn(n_parts, layer.weight.shape[1], generator=gen) * std)
         parametrize.register_parametrization(layer, "weight", ComposedRows(index, compose, parts))
     return len(rows)
