@@ -16,13 +16,12 @@ from gptoss.tools.base import ToolCall
 from gptoss.train.corpus import (
     FAMILIES,
     MAX_BODY_TOKENS,
-    analysis_length,
     body_tokens,
     generate,
     generate_tasks,
     parse_weights,
-    write_jsonl,
 )
+from gptoss.train.corpus_io import analysis_length, write_jsonl
 from gptoss.train.data import encode_conversation, load_jsonl
 from gptoss.train.world import ArithmeticPython, run_arithmetic, split_of
 

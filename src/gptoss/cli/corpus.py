@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptoss.train.corpus import FAMILIES, corpus_stats, generate_tasks, parse_weights, summarize, write_jsonl
+    from gptoss.train.corpus import FAMILIES, generate_tasks, parse_weights
+    from gptoss.train.corpus_io import corpus_stats, summarize, write_jsonl
 
     weights = parse_weights(args.weights)
     if args.out.parent and not args.out.parent.exists():
