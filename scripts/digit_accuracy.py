@@ -53,9 +53,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="trainer_state.pt or a model folder")
     p.add_argument("--n", type=int, default=32, help="held-out conversations per family")
+    p.add_argument("--names", action="store_true",
+                   help="score name/city tokens instead, split into a name's first token and the rest")
     args = p.parse_args()
     torch.set_num_threads(1)
     model = load(args.checkpoint).eval()
+    if args.names:
+        return names_accuracy(model, args.n)
     digits = torch.tensor(sorted(number_ids()))
     for family in ("python", "functions", "json", "browser", "echo"):
         right = total = 0
@@ -69,6 +73,29 @@ def main() -> None:
             right += int((pred[want] == targets[want]).sum())
             total += int(want.sum())
         print(f"{family:10s} digit tokens {total:5d}  accuracy {right / max(total, 1):.3f}", flush=True)
+
+
+def names_accuracy(model: torch.nn.Module, n: int) -> None:
+    """Teacher-forced accuracy on learned targets that are name/city tokens: a name's first token (the previous
+    token is not a name token) apart from its continuation tokens (copyable by induction once the first is)."""
+    from probe_copy import name_ids
+
+    names = torch.tensor(sorted(name_ids()))
+    for family in ("functions", "json", "browser", "echo"):
+        counts = {"first": [0, 0], "rest": [0, 0]}
+        for task in generate_tasks(n, 7, "heldout", families=[family]):
+            ex = encode_conversation(task.messages)
+            tokens = torch.tensor([ex.tokens])
+            logits = model(tokens, kept_logits=True)[0, :-1]
+            targets, mask = tokens[0, 1:], torch.tensor(ex.mask[1:])
+            is_name = torch.isin(targets, names)
+            prev_name = torch.isin(tokens[0, :-1], names)
+            pred = model.vocab.kept[logits.argmax(-1)] if model.vocab is not None else logits.argmax(-1)
+            for key, want in (("first", mask & is_name & ~prev_name), ("rest", mask & is_name & prev_name)):
+                counts[key][0] += int((pred[want] == targets[want]).sum())
+                counts[key][1] += int(want.sum())
+        print(f"{family:10s} " + "  ".join(f"{k} {r / max(t, 1):.3f} ({t})" for k, (r, t) in counts.items()),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def main() -> None:
                    help="letter tokens' rows as sums of shared (place, letter) vectors (train.init.share_spelling)")
     p.add_argument("--names", action="store_true",
                    help="copy the corpus's name and city tokens (302 ids) instead of number tokens")
+    p.add_argument("--kv-heads", type=int, default=2, help="key/value heads (the tiny model has 2)")
+    p.add_argument("--head-dim", type=int, default=32, help="attention head width (the tiny model has 32)")
     p.add_argument("--vocab", type=int, default=20, help="distinct tokens to copy")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vanilla", action="store_true", help="train nn.TransformerEncoder instead")
@@ -112,9 +114,9 @@ def main() -> None:
             return model(x)
     else:
         kept = tuple(sorted(set(nums) | {0, 1, 2, 3}))
-        cfg = preset("tiny", num_hidden_layers=4, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
-                     head_dim=32, num_experts=8, experts_per_token=2, intermediate_size=256, sliding_window=128,
-                     initial_context_length=4096, kept_token_ids=kept)
+        cfg = preset("tiny", num_hidden_layers=4, hidden_size=256, num_attention_heads=8,
+                     num_key_value_heads=args.kv_heads, head_dim=args.head_dim, num_experts=8, experts_per_token=2,
+                     intermediate_size=256, sliding_window=128, initial_context_length=4096, kept_token_ids=kept)
         gm = init_model(cfg, 0)
         if args.init == "torch":
             torch_scale_init(gm, 0)

@@ -15,6 +15,7 @@ from gptoss.evals.tiny import (
     check_browser_fact,
     check_functions,
     check_json,
+    check_json_valid,
     check_python,
     check_well_formed,
     contains_number,
@@ -65,7 +66,7 @@ def test_replaying_the_corpus_scores_everything(tasks):
     report = evaluate(run_tasks(tasks, replay_source, PARAMS))
     assert {name: (row.n, row.score) for name, row in report.rows.items()} == {
         "well_formed": (15, 1.0), "python": (3, 1.0), "functions": (3, 1.0), "browser": (3, 1.0),
-        "browser_fact": (3, 1.0), "json": (3, 1.0), "chat": (3, 1.0)}
+        "browser_fact": (3, 1.0), "json_valid": (3, 1.0), "json": (3, 1.0), "chat": (3, 1.0)}
     assert report.effort_ok or len({t.effort for t in tasks}) < 3
     assert report.to_json()["rows"]["python"]["score"] == 1.0
 
@@ -122,6 +123,12 @@ def test_wrong_answers_fail(tasks):
                    json.dumps({k: str(v) for k, v in js.expect["value"].items()})):
         run = run_task(js, scripted(f"<|channel|>final<|message|>{answer}<|return|>"), PARAMS)
         assert not check_json(run)
+        all_strings = all(isinstance(v, str) for v in js.expect["value"].values())
+        assert check_json_valid(run) == (answer.startswith('{"') and "extra" not in answer and all_strings)
+    # valid against the schema but a value not copied: json_valid passes, json does not
+    wrong = {k: (v + 1 if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in js.expect["value"].items()}
+    run = run_task(js, scripted(f"<|channel|>final<|message|>{json.dumps(wrong)}<|return|>"), PARAMS)
+    assert check_json_valid(run) and check_json(run) == (wrong == js.expect["value"])
 
 
 def test_malformed_harmony_is_not_well_formed(tasks):

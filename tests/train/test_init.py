@@ -72,21 +72,33 @@ def test_shared_digit_rows_train_together_and_export_plain(tmp_path):
 
 
 def test_shared_spelling_rows_are_letter_sums():
-    """Letter-token rows are normalised sums of (place, letter), length, capital and leading-space vectors;
-    other tokens keep their own rows; both matrices are shared separately."""
+    """Capitalised letter-token rows are their own free vector (zero at first) plus a normalised sum of (place,
+    letter), length, capital and leading-space vectors; other tokens keep their own rows; both matrices are
+    shared separately. ``capitals_only=False`` takes every letter piece."""
     from gptoss.tokenizer import get_tokenizer
-    from gptoss.train.init import SPELLING_PLACES, share_spelling
+    from gptoss.train.init import SPELLING_PLACES, share_digits, share_spelling
 
     tok = get_tokenizer()
     ids = {*tok.encode(" Oslo"), *tok.encode("ab"), *tok.encode("42"), *tok.encode(" ,")}
     cfg = dataclasses.replace(_cfg(), kept_token_ids=tuple(sorted(set(range(10)) | ids)))
     model = init_model(cfg, 0)
     rows = {tok.decode([t]): i for i, t in enumerate(cfg.kept_token_ids)}
-    plain = model.embedding.weight[rows["42"]].detach().clone()
-    assert share_spelling(model, 0) == 2  # " Oslo" and "ab"; not "42", not punctuation
+    plain = {k: model.embedding.weight[rows[k]].detach().clone() for k in ("42", "ab")}
+    assert share_spelling(model, 0) == 1  # " Oslo" only: not "ab" (lower case), "42" or punctuation
     n = SPELLING_PLACES * 26 + SPELLING_PLACES + 2
+    f = [26 * i + ord(c) - ord("a") for i, c in enumerate("oslo")] + [26 * SPELLING_PLACES + 3, n - 2, n - 1]
     for matrix in (model.embedding, model.unembedding):
         parts = matrix.parametrizations.weight[0].parts
-        f = [26 * i + ord(c) - ord("a") for i, c in enumerate("oslo")] + [26 * SPELLING_PLACES + 3, n - 2, n - 1]
         torch.testing.assert_close(matrix.weight[rows[" Oslo"]], parts[f].sum(0) / len(f) ** 0.5)
-    torch.testing.assert_close(model.embedding.weight[rows["42"]], plain)
+    for k, v in plain.items():
+        torch.testing.assert_close(model.embedding.weight[rows[k]], v)
+    with torch.no_grad():  # the row's own part adds to the shared sum
+        model.embedding.parametrizations.weight.original[rows[" Oslo"]] += 1.0
+    parts = model.embedding.parametrizations.weight[0].parts
+    torch.testing.assert_close(model.embedding.weight[rows[" Oslo"]], parts[f].sum(0) / len(f) ** 0.5 + 1.0)
+    assert share_spelling(init_model(cfg, 0), 0, capitals_only=False) == 2  # " Oslo" and "ab"
+    stacked = init_model(cfg, 0)  # under the digits' parametrization too, the own rows start at zero
+    assert share_digits(stacked, 0) == 1 and share_spelling(stacked, 0) == 1
+    assert not stacked.unembedding.parametrizations.weight.original[rows[" Oslo"]].any()
+    parts = stacked.unembedding.parametrizations.weight[1].parts
+    torch.testing.assert_close(stacked.unembedding.weight[rows[" Oslo"]], parts[f].sum(0) / len(f) ** 0.5)

@@ -13,7 +13,8 @@ Rows (targets in :data:`TARGETS`):
 - ``python``: a python call printed the expected value and the final answer contains it;
 - ``functions``: the first call is the right function with exactly the expected JSON arguments;
 - ``browser``: ``browser.search`` was called and the answer cites (``【c†La】``) a document page that was opened;
-- ``json``: the final answer is JSON, valid against the response format's schema, equal to the expected values;
+- ``json_valid``: the final answer is JSON valid against the response format's schema (the issue's criterion);
+- ``json``: stricter, our own bar: valid against the schema and equal to the expected (copied) values;
 - ``effort``: the median reasoning length (analysis tokens) strictly increases low < medium < high.
 
 Informational rows (no target): ``browser_fact`` (the citation points at the line holding the fact, and the answer
@@ -44,8 +45,10 @@ from gptoss.train.corpus import FAMILIES, Task, generate_tasks
 
 RETURN, CALL, END = SPECIAL_TOKENS["<|return|>"], SPECIAL_TOKENS["<|call|>"], SPECIAL_TOKENS["<|end|>"]
 START = SPECIAL_TOKENS["<|start|>"]
-TARGETS: dict[str, float] = {"well_formed": 0.99, "python": 0.90, "functions": 0.90, "browser": 0.80, "json": 0.90}
-ROW_ORDER = ("well_formed", "python", "functions", "browser", "browser_fact", "json", "chat", "effort")
+TARGETS: dict[str, float] = {"well_formed": 0.99, "python": 0.90, "functions": 0.90, "browser": 0.80,
+                             "json_valid": 0.90, "json": 0.90}
+ROW_ORDER = ("well_formed", "python", "functions", "browser", "browser_fact", "json_valid", "json", "chat",
+                      "effort")
 DEFAULT_MAX_TOOL_ROUNDS = 4
 CITATION_RE = re.compile(r"【(\d+)†L(\d+)(?:-L(\d+))?】")
 
@@ -348,13 +351,20 @@ def check_browser_fact(run: Run) -> bool:
     return cited and expect["value"] in run.final
 
 
-def check_json(run: Run) -> bool:
-    expect = run.task.expect
+def _final_json(run: Run) -> tuple[bool, Any]:
     try:
-        value = json.loads(run.final.strip())
+        return True, json.loads(run.final.strip())
     except json.JSONDecodeError:
-        return False
-    return not validate(value, expect["schema"]) and same_json(value, expect["value"])
+        return False, None
+
+
+def check_json_valid(run: Run) -> bool:
+    ok, value = _final_json(run)
+    return ok and not validate(value, run.task.expect["schema"])
+
+
+def check_json(run: Run) -> bool:
+    return check_json_valid(run) and same_json(_final_json(run)[1], run.task.expect["value"])
 
 
 def check_chat(run: Run) -> bool:
@@ -367,7 +377,7 @@ CHECKS: dict[str, tuple[tuple[str, Callable[[Run], bool]], ...]] = {
     "python": (("python", check_python),),
     "functions": (("functions", check_functions),),
     "browser": (("browser", check_browser), ("browser_fact", check_browser_fact)),
-    "json": (("json", check_json),),
+    "json": (("json_valid", check_json_valid), ("json", check_json)),
     "chat": (("chat", check_chat),),
 }
 
