@@ -26,14 +26,15 @@ def load(path: Path) -> torch.nn.Module:
         from gptoss.weights.loader import load_transformer
 
         return load_transformer(path, dtype="float32")[0]
-    from gptoss.train.init import init_model, share_digits, share_spelling
+    from gptoss.train.init import CODE_PARTS, init_model, share_codes, share_digits, share_spelling
 
     state = torch.load(path, weights_only=False)
     model = init_model(_config_from_work(path.parent), 0)
     if any(".parametrizations." in k for k in state["model"]):  # a --shared-digits run
         share_digits(model, 0)
-        if any(k.endswith("weight.1.parts") for k in state["model"]):  # and --shared-spelling
-            share_spelling(model, 0)
+        second = state["model"].get("embedding.parametrizations.weight.1.parts")
+        if second is not None:  # and --shared-codes or --shared-spelling
+            (share_codes if second.shape[0] == CODE_PARTS else share_spelling)(model, 0)
     model.load_state_dict(state["model"])
     return model
 

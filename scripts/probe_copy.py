@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from gptoss.cli.train_tiny import number_ids
 from gptoss.config import preset
-from gptoss.train.init import init_model, share_digits, share_spelling, torch_scale_init
+from gptoss.train.init import init_model, share_codes, share_digits, share_spelling, torch_scale_init
 
 
 def main() -> None:
@@ -58,6 +58,8 @@ def main() -> None:
                    help="with --prefix: add it only from this step on (a short-context curriculum first)")
     p.add_argument("--shared-spelling", action="store_true",
                    help="letter tokens' rows as sums of shared (place, letter) vectors (train.init.share_spelling)")
+    p.add_argument("--shared-codes", action="store_true",
+                   help="capitalised tokens' rows as sums of 3 of 48 shared vectors (train.init.share_codes)")
     p.add_argument("--names", action="store_true",
                    help="copy the corpus's name and city tokens (302 ids) instead of number tokens")
     p.add_argument("--kv-heads", type=int, default=2, help="key/value heads (the tiny model has 2)")
@@ -126,6 +128,8 @@ def main() -> None:
             share_digits(gm, 0)
         if args.shared_spelling:
             print(f"shared spelling: {share_spelling(gm, 0)} rows", flush=True)
+        if args.shared_codes:
+            print(f"shared codes: {share_codes(gm, 0)} rows", flush=True)
         gm.train()
         gm.requires_grad_(True)
         gm.rope.requires_grad_(False)

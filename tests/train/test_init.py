@@ -102,3 +102,29 @@ def test_shared_spelling_rows_are_letter_sums():
     assert not stacked.unembedding.parametrizations.weight.original[rows[" Oslo"]].any()
     parts = stacked.unembedding.parametrizations.weight[1].parts
     torch.testing.assert_close(stacked.unembedding.weight[rows[" Oslo"]], parts[f].sum(0) / len(f) ** 0.5)
+
+
+def test_shared_codes_give_each_capitalised_piece_a_distinct_triple():
+    """Capitalised pieces' rows are normalised sums of 3 of 48 shared vectors, a different triple for each piece,
+    in both matrices; lower-case pieces, numbers and punctuation keep their own rows."""
+    from gptoss.tokenizer import get_tokenizer
+    from gptoss.train.init import CODE_ACTIVE, CODE_PARTS, share_codes
+
+    tok = get_tokenizer()
+    words = (" Oslo", " Paris", " Hugo", " Evans", " Maria", "Berlin")
+    ids = {t for w in words for t in tok.encode(w)} | {*tok.encode(" the"), *tok.encode("42")}
+    cfg = dataclasses.replace(_cfg(), kept_token_ids=tuple(sorted(set(range(10)) | ids)))
+    model = init_model(cfg, 0)
+    rows = {tok.decode([t]): i for i, t in enumerate(cfg.kept_token_ids)}
+    plain = model.embedding.weight[rows[" the"]].detach().clone()
+    capitalised = [w for w in rows if w.strip()[:1].isupper() and w.strip().isalpha()]
+    assert share_codes(model, 0) == len(capitalised) >= 5
+    param = model.embedding.parametrizations.weight[0]
+    codes = param.compose.nonzero()
+    triples = {tuple(codes[codes[:, 0] == r, 1].tolist()) for r in range(len(capitalised))}
+    assert len(triples) == len(capitalised) and all(len(t) == CODE_ACTIVE for t in triples)
+    assert param.parts.shape[0] == CODE_PARTS
+    for i, r in enumerate(param.rows.tolist()):
+        want = param.parts[codes[codes[:, 0] == i, 1]].sum(0) / CODE_ACTIVE ** 0.5
+        torch.testing.assert_close(model.embedding.weight[r], want)
+    torch.testing.assert_close(model.embedding.weight[rows[" the"]], plain)

@@ -25,7 +25,7 @@ from gptoss.cli.train import step_info
 SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
          "intermediate": 256, "window": 128, "context": 4096}
 RECIPE = {"seed": 0, "conversations": 24000, "steps": 2000, "batch_size": 16, "lr": 1e-3, "init": "torch",
-          "shared_digits": True, "curriculum": 200,
+          "shared_digits": True, "curriculum": 200, "copy_warmup": 0, "shared_codes": False,
           "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=1",
           "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13,echo=0.15"}
 EVAL_CONVERSATIONS = 96
@@ -78,6 +78,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared-spelling", action="store_true",
                    help="the same for word pieces of letters: rows as sums of shared (place, letter) vectors "
                         "(experimental; names are what the model still fails to copy)")
+    p.add_argument("--shared-codes", action=argparse.BooleanOptionalAction, default=RECIPE["shared_codes"],
+                   help="capitalised word pieces (names, cities, codes): rows as sums of 3 of 48 shared vectors, "
+                        "a distinct triple per token (default: %(default)s)")
+    p.add_argument(
+        "--copy-warmup", type=non_negative_int, default=RECIPE["copy_warmup"], metavar="STEPS",
+        help="before the corpus, STEPS steps of a pure copy task over name and number tokens, so the model has a "
+             "copying circuit to build tool use on (gptoss.train.copy_warmup) (default: %(default)s)")
     p.add_argument(
         "--curriculum", type=non_negative_int, default=RECIPE["curriculum"], metavar="STEPS",
         help="first train STEPS steps on short conversations (no system message) of --curriculum-weights' "
@@ -207,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gptoss.train.corpus import parse_weights
-    from gptoss.train.init import init_model, share_digits, share_spelling, torch_scale_init
+    from gptoss.train.init import init_model, share_codes, share_digits, share_spelling, torch_scale_init
     from gptoss.train.trainer import Trainer, TrainingArgs
     from gptoss.weights.fingerprint import cache_dir
 
@@ -231,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"shared digit vectors: {share_digits(model, args.seed)} number rows", highlight=False)
     if args.shared_spelling:
         console.print(f"shared spelling vectors: {share_spelling(model, args.seed)} letter rows", highlight=False)
+    if args.shared_codes:
+        console.print(f"shared code vectors: {share_codes(model, args.seed)} capitalised rows", highlight=False)
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
                          max_seq_len=1024, lr=args.lr, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
                          eval_every=100, save_every=100, seed=args.seed, length_bucket=16,
@@ -250,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(model, targs, lineage)
     if args.resume and trainer.try_resume():
         console.print(f"resumed at step {trainer.step}", style="green")
+    elif args.copy_warmup:
+        _copy_warmup(trainer.model, cfg.kept_token_ids, args, console)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     console.print(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_experts} experts "
                   f"(top {cfg.experts_per_token}), {len(cfg.kept_token_ids)} kept token ids, {n_params:,} params; "
@@ -286,6 +297,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy_warmup(model, kept_ids, args: argparse.Namespace, console: Console) -> None:
+    from gptoss.train.copy_warmup import copy_pool, copy_warmup
+
+    pool = copy_pool(kept_ids)
+    t0 = time.perf_counter()
+
+    def on_step(step: int, loss: float, acc: float) -> None:
+        if step % 50 == 0 or step == args.copy_warmup:
+            console.print(f"copy warm-up {step}/{args.copy_warmup}: loss {loss:.3f}, copy accuracy {acc:.1%} "
+                          f"({time.perf_counter() - t0:.0f} s)", highlight=False)
+
+    copy_warmup(model, pool, args.copy_warmup, args.seed, on_step=on_step)
+
+
 def _check_curriculum(curriculum: int, steps: int) -> None:
     if curriculum >= steps:
         raise ValueError(f"--curriculum {curriculum} leaves no steps of the main corpus out of {steps}; give more "
@@ -297,6 +322,8 @@ def _argv(args: argparse.Namespace, steps: int) -> str:
              f"--steps {steps}", f"--batch-size {args.batch_size}", f"--lr {args.lr:g}"]
     parts += [f"--init {args.init}", "--shared-digits" if args.shared_digits else "--no-shared-digits"]
     parts += ["--shared-spelling"] if args.shared_spelling else []
+    parts += ["--shared-codes" if args.shared_codes else "--no-shared-codes"]
+    parts += [f"--copy-warmup {args.copy_warmup}"] if args.copy_warmup else []
     parts += [f"--curriculum {args.curriculum}", f"--curriculum-weights {args.curriculum_weights}"] \
         if args.curriculum else []
     parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in SHAPE]

@@ -107,6 +107,33 @@ def share_spelling(model: Transformer, seed: int, capitals_only: bool = True) ->
     return _share_rows(model, seed + 10, n, features, residual=True)
 
 
+CODE_PARTS, CODE_ACTIVE = 48, 3
+
+
+def share_codes(model: Transformer, seed: int) -> int:
+    """Capitalised word pieces (the names, cities and codes the corpus copies) get rows that are sums of 3 of 48
+    shared vectors, a distinct random triple per token: a low-rank code (as the digits' is) that copying can
+    carry through the 32-wide attention heads, where each piece's own identity is rare in the corpus."""
+    import random
+
+    rng, used = random.Random(seed + 20), set()
+    codes: dict[str, list[int]] = {}
+
+    def features(text: str) -> list[int] | None:
+        word = text[1:] if text.startswith(" ") else text
+        if not word or not (word.isascii() and word.isalpha() and word[0].isupper()):
+            return None
+        if text not in codes:
+            code = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
+            while code in used:
+                code = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
+            used.add(code)
+            codes[text] = list(code)
+        return codes[text]
+
+    return _share_rows(model, seed + 20, CODE_PARTS, features)
+
+
 def _share_rows(model: Transformer, seed: int, n_parts: int, features, residual: bool = False) -> int:
     """Reparametrize the kept-vocabulary rows whose token text has ``features(text)`` (indices into ``n_parts``
     shared vectors) as normalised sums of those vectors, separately in the embedding and the unembedding
