@@ -27,6 +27,10 @@ a system prompt is) gives 13% at step 200 against 96% without; ``--prefix 300 --
 first) drops to 2% when the prefix appears at step 150 and reaches 99% at step 200, 100% at 250. train-tiny's
 ``--curriculum`` does the same on the real corpus: the bundled model copies numbers since.
 
+Session 16 (``--names --vocab 400``, 200 steps): plain rows 27%, ``--kv-heads 8`` 26%, ``--shared-spelling``
+(capitalised pieces, own rows + shared sum) 73%, ``--shared-codes`` 89%. None carried over to the corpus alone;
+this task run first (``gptoss.train.copy_warmup``, train-tiny ``--copy-warmup 200``) did.
+
     .venv/bin/python scripts/probe_copy.py --steps 150 [--vanilla] [--vocab 20] [--lr 1e-3] [--init torch]
                                            [--shared-digits]
 """

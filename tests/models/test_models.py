@@ -64,3 +64,13 @@ def test_the_bundled_model_matches_its_manifest():
     cfg = model.config
     assert cfg.kept_token_ids is not None and cfg.num_hidden_layers >= 2
     assert cfg.num_experts > cfg.experts_per_token  # a real mixture, routed
+
+
+def test_the_bundled_model_was_built_by_the_default_recipe():
+    """`gptoss train-tiny` with no options rebuilds the bundled model: its lineage records exactly the defaults."""
+    from gptoss.cli.main import build_parser
+    from gptoss.cli.train_tiny import RECIPE, _argv
+
+    args = build_parser(["train-tiny"]).parse_args(["train-tiny"])
+    lineage = json.loads((default_model_path() / "lineage.json").read_text())
+    assert lineage["command"] == "gptoss train-tiny " + _argv(args, RECIPE["steps"])

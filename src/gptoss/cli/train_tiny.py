@@ -25,8 +25,8 @@ from gptoss.cli.train import step_info
 SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
          "intermediate": 256, "window": 128, "context": 4096}
 RECIPE = {"seed": 0, "conversations": 24000, "steps": 2000, "batch_size": 16, "lr": 1e-3, "init": "torch",
-          "shared_digits": True, "curriculum": 200, "copy_warmup": 0, "shared_codes": False,
-          "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=1",
+          "shared_digits": True, "curriculum": 400, "copy_warmup": 200, "shared_codes": True,
+          "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=3",
           "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13,echo=0.15"}
 EVAL_CONVERSATIONS = 96
 ENCODING_VERSION = 2  # bump when train.data's tokens or masks change (invalidates cached corpora)
@@ -38,7 +38,7 @@ chosen number is printed and recorded in lineage.json, so the run can be repeate
 
 examples:
   gptoss train-tiny                                   # rebuild src/gptoss/models/gpt-oss-tiny
-  gptoss train-tiny --out /tmp/tiny --minutes 10      # a quicker model elsewhere
+  gptoss train-tiny --out /tmp/tiny --minutes 20      # a quicker model elsewhere
   gptoss train-tiny --out /tmp/tiny --resume          # continue an interrupted run (same options)
   gptoss eval tiny --model /tmp/tiny
 """
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "baked into plain rows at export (default: on)")
     p.add_argument("--shared-spelling", action="store_true",
                    help="the same for word pieces of letters: rows as sums of shared (place, letter) vectors "
-                        "(experimental; names are what the model still fails to copy)")
+                        "(experimental; --shared-codes copies names better)")
     p.add_argument("--shared-codes", action=argparse.BooleanOptionalAction, default=RECIPE["shared_codes"],
                    help="capitalised word pieces (names, cities, codes): rows as sums of 3 of 48 shared vectors, "
                         "a distinct triple per token (default: %(default)s)")

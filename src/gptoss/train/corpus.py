@@ -429,11 +429,11 @@ _ECHO_REQUESTS = ("Repeat exactly: {text}", "Say this back to me: {text}", "Copy
 
 def _echo_value(rng: random.Random) -> str:
     """One value of the kinds the other families copy: numbers of any length, prices, dates, clock times, names,
-    cities, items."""
+    cities, items (more than half names and cities: they are the hardest to copy)."""
     makers: tuple[Callable[[], str], ...] = (
-        lambda: str(_number(rng, 1, 9)), lambda: str(_number(rng, 1, 9)), lambda: str(_number(rng, 1, 9)),
-        lambda: str(_price(rng)), lambda: _date(rng), lambda: _clock(rng), lambda: _person(rng),
-        lambda: rng.choice(CITIES), lambda: rng.choice(ITEMS))
+        lambda: str(_number(rng, 1, 9)), lambda: str(_number(rng, 1, 9)), lambda: str(_price(rng)),
+        lambda: _date(rng), lambda: _clock(rng), lambda: rng.choice(ITEMS),
+        *[lambda: _person(rng)] * 4, *[lambda: rng.choice(CITIES)] * 4)
     return rng.choice(makers)()
 
 
