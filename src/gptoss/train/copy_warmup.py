@@ -65,12 +65,10 @@ def copy_pool(kept_ids: Sequence[int]) -> list[int]:
     """The kept token ids the corpus copies most and a small model learns slowest: capitalised word pieces
     (names, cities, codes) and 1-3 digit numbers."""
     from gptoss.tokenizer import get_tokenizer
+    from gptoss.train.init import capitalised_piece
 
     tok = get_tokenizer()
-    pool = []
-    for t in kept_ids:
-        text = tok.decode([t])
-        word = text[1:] if text.startswith(" ") else text
-        if word and word.isascii() and ((word.isdigit() and len(word) <= 3) or (word.isalpha() and word[0].isupper())):
-            pool.append(t)
-    return pool
+    texts = {t: tok.decode([t]) for t in kept_ids}
+    digits = {t for t, text in texts.items() if text.removeprefix(" ").isascii() and text.removeprefix(" ").isdigit()
+              and len(text.removeprefix(" ")) <= 3}
+    return [t for t, text in texts.items() if t in digits or capitalised_piece(text)]

@@ -96,7 +96,7 @@ def share_spelling(model: Transformer, seed: int, capitals_only: bool = True) ->
 
     def features(text: str) -> list[int] | None:
         word = text[1:] if text.startswith(" ") else text
-        if not word or not (word.isascii() and word.isalpha()) or (capitals_only and not word[0].isupper()):
+        if not (word.isascii() and word.isalpha()) or (capitals_only and not capitalised_piece(text)):
             return None
         f = [26 * i + ord(ch) - ord("a") for i, ch in enumerate(word.lower()[:SPELLING_PLACES])]
         f.append(26 * SPELLING_PLACES + min(len(word), SPELLING_PLACES) - 1)
@@ -110,26 +110,29 @@ def share_spelling(model: Transformer, seed: int, capitals_only: bool = True) ->
 CODE_PARTS, CODE_ACTIVE = 48, 3
 
 
+def capitalised_piece(text: str) -> bool:
+    """An ASCII-letter word piece that starts with a capital, with or without a leading space: the names,
+    cities and codes the corpus copies."""
+    word = text.removeprefix(" ")
+    return word.isascii() and word.isalpha() and word[0].isupper()
+
+
 def share_codes(model: Transformer, seed: int) -> int:
-    """Capitalised word pieces (the names, cities and codes the corpus copies) get rows that are sums of 3 of 48
-    shared vectors, a distinct random triple per token: a low-rank code (as the digits' is) that copying can
-    carry through the 32-wide attention heads, where each piece's own identity is rare in the corpus."""
+    """Capitalised word pieces get rows that are sums of 3 of 48 shared vectors, a distinct random triple per
+    token: a low-rank code (as the digits' is) that copying can carry through the 32-wide attention heads, where
+    each piece's own identity is rare in the corpus."""
     import random
 
     rng, used = random.Random(seed + 20), set()
-    codes: dict[str, list[int]] = {}
 
     def features(text: str) -> list[int] | None:
-        word = text[1:] if text.startswith(" ") else text
-        if not word or not (word.isascii() and word.isalpha() and word[0].isupper()):
+        if not capitalised_piece(text):
             return None
-        if text not in codes:
+        code: tuple[int, ...] = ()
+        while not code or code in used:
             code = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
-            while code in used:
-                code = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
-            used.add(code)
-            codes[text] = list(code)
-        return codes[text]
+        used.add(code)
+        return list(code)
 
     return _share_rows(model, seed + 20, CODE_PARTS, features)
 
