@@ -48,7 +48,7 @@ START = SPECIAL_TOKENS["<|start|>"]
 TARGETS: dict[str, float] = {"well_formed": 0.99, "python": 0.90, "functions": 0.90, "browser": 0.80,
                              "json_valid": 0.90, "json": 0.90}
 ROW_ORDER = ("well_formed", "python", "functions", "browser", "browser_fact", "json_valid", "json", "chat",
-                      "effort")
+             "effort")
 DEFAULT_MAX_TOOL_ROUNDS = 4
 CITATION_RE = re.compile(r"【(\d+)†L(\d+)(?:-L(\d+))?】")
 

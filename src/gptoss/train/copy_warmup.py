@@ -65,10 +65,8 @@ def copy_pool(kept_ids: Sequence[int]) -> list[int]:
     """The kept token ids the corpus copies most and a small model learns slowest: capitalised word pieces
     (names, cities, codes) and 1-3 digit numbers."""
     from gptoss.tokenizer import get_tokenizer
-    from gptoss.train.init import capitalised_piece
+    from gptoss.train.init import capitalised_piece, short_number
 
     tok = get_tokenizer()
-    texts = {t: tok.decode([t]) for t in kept_ids}
-    digits = {t for t, text in texts.items() if text.removeprefix(" ").isascii() and text.removeprefix(" ").isdigit()
-              and len(text.removeprefix(" ")) <= 3}
-    return [t for t, text in texts.items() if t in digits or capitalised_piece(text)]
+    texts = ((t, tok.decode([t])) for t in kept_ids)
+    return [t for t, text in texts if short_number(text.removeprefix(" ")) or capitalised_piece(text)]

@@ -76,7 +76,7 @@ def share_digits(model: Transformer, seed: int) -> int:
     checkpoint and the architecture are unchanged."""
 
     def features(text: str) -> list[int] | None:
-        if not (text.isdigit() and len(text) <= 3):
+        if not short_number(text):
             return None
         return [30 + len(text) - 1] + [10 * i + int(ch) for i, ch in enumerate(text)]
 
@@ -108,6 +108,11 @@ def share_spelling(model: Transformer, seed: int, capitals_only: bool = True) ->
 
 
 CODE_PARTS, CODE_ACTIVE = 48, 3
+
+
+def short_number(text: str) -> bool:
+    """A 1-3 digit token: o200k splits every number into such groups."""
+    return text.isascii() and text.isdigit() and len(text) <= 3
 
 
 def capitalised_piece(text: str) -> bool:
