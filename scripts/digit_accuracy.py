@@ -34,7 +34,10 @@ def load(path: Path) -> torch.nn.Module:
         share_digits(model, 0)
         second = state["model"].get("embedding.parametrizations.weight.1.parts")
         if second is not None:  # and --shared-codes or --shared-spelling
-            (share_codes if second.shape[0] == CODE_PARTS else share_spelling)(model, 0)
+            if second.shape[0] != CODE_PARTS:
+                share_spelling(model, 0)
+            else:  # --lowercase-codes adds a third parametrization
+                share_codes(model, 0, lowercase="embedding.parametrizations.weight.2.parts" in state["model"])
     model.load_state_dict(state["model"])
     return model
 

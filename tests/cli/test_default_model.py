@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,42 @@ def test_an_explicit_model_skips_the_bundle(tiny_checkpoint, tmp_path):
 
 def test_bundle_location_is_package_data():
     assert BUNDLED_DIR.parent.name == "models" and BUNDLED_DIR.parent.parent.name == "gptoss"
+
+
+NOTES = {  # a user's small notes folder (names the tiny model's vocabulary has rows for)
+    "okafor-bridge.md": "# Okafor Bridge\n\nOkafor Bridge is a bridge in Frankfurt.\nIt is 1120 meters long.\n"
+                        "It opened in 1700.\nAbout 8421 people cross it each day.\n",
+    "nguyen-library.md": "# Nguyen Library\n\nNguyen Library is a library in Oslo.\nIt opened in 1932.\n"
+                         "It holds 250000 books.\n",
+    "sharma-park.md": "# Sharma Park\n\nSharma Park is a park in Basel.\nIt opened in 1955.\n"
+                      "About 159949 people visit it each year.\n",
+}
+
+
+@pytest.fixture
+def notes_dir():
+    """A short path, as a user's ``~/notes`` is: the tiny model reads the page's URL, and a long pytest path of
+    pieces its trimmed vocabulary lacks throws it off (it then runs to --max-tokens)."""
+    folder = Path(tempfile.mkdtemp(prefix="notes-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_chat_with_the_local_browser_cites_the_right_note(notes_dir, tmp_path):
+    """#6 acceptance: with the bundled model, ``gptoss chat --browser local`` over a small indexed folder answers
+    with a citation that points into the right file (``sources:`` line), and mostly states the fact."""
+    folder, index = notes_dir, tmp_path / "index.sqlite"
+    for name, text in NOTES.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    proc = gptoss("index", "add", "--index", str(index), str(folder))
+    assert proc.returncode == 0, proc.stderr
+    stated = 0
+    for question, file, fact in (("Where is Okafor Bridge?", "okafor-bridge.md", "Frankfurt"),
+                                 ("When did Sharma Park open?", "sharma-park.md", "1955"),
+                                 ("Where is Nguyen Library?", "nguyen-library.md", "Oslo")):
+        proc = gptoss("chat", "--browser", "local", "--index", str(index), "--temperature", "0", stdin=question + "\n")
+        assert proc.returncode == 0, proc.stderr
+        assert f"<{(folder / file).as_uri()}>" in proc.stdout, (question, proc.stdout)
+        answer = [line for line in proc.stdout.split("sources:")[0].splitlines() if line.strip()][-1]
+        stated += fact in answer
+    assert stated >= 2

@@ -49,3 +49,13 @@ def test_warmup_learns_to_copy_and_rejects_an_empty_pool():
     with pytest.raises(ValueError, match="non-empty"):
         copy_warmup(model, [], 1, seed=0)
     assert all(p.grad is None for p in model.parameters())  # nothing left behind for the trainer's optimizer
+
+
+def test_the_pool_takes_lowercase_pieces_when_asked():
+    from gptoss.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    kept = sorted({t for w in (" Oslo", " toaster", "thomas.das@example.org", ",") for t in tok.encode(w)})
+    plain = {tok.decode([t]) for t in copy_pool(kept)}
+    wide = {tok.decode([t]) for t in copy_pool(kept, lowercase=True)}
+    assert " toaster" not in plain and {" Oslo", " toaster", "@example"} <= wide and "," not in wide

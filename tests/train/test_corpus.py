@@ -16,6 +16,7 @@ from gptoss.tools.base import ToolCall
 from gptoss.train.corpus import (
     FAMILIES,
     MAX_BODY_TOKENS,
+    MAX_BROWSER_BODY_TOKENS,
     body_tokens,
     generate,
     generate_tasks,
@@ -111,7 +112,9 @@ def test_families_look_as_specified(tasks):
 def test_token_bounds():
     tasks = generate_tasks(250, seed=11)
     bodies = [body_tokens(t.messages) for t in tasks]
-    assert max(bodies) <= MAX_BODY_TOKENS
+    assert max(b for b, t in zip(bodies, tasks, strict=True) if t.family != "browser") <= MAX_BODY_TOKENS
+    assert max(bodies) <= MAX_BROWSER_BODY_TOKENS
+    assert max(len(encode_conversation(t.messages).tokens) for t in tasks) <= 1024  # train-tiny's max_seq_len
     assert sum(b <= 200 for b in bodies) / len(bodies) > 0.55  # browser and many function tasks run longer
 
 
@@ -159,7 +162,7 @@ def test_corpus_cli(tmp_path, capsys):
     args = parser.parse_args(["--n", "25", "--seed", "2", "--split", "heldout", "--out", str(out)])
     assert corpus_cli.run(args) == 0
     assert len(load_jsonl(out)) == 25
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps the title at 80 columns (long tmp paths)
     assert "distinct token ids" in printed and "python" in printed and "25 heldout conversations" in printed
     with pytest.raises(ValueError, match="bad weight"):
         corpus_cli.run(parser.parse_args(["--n", "1", "--weights", "nope=1", "--out", str(out)]))
@@ -180,3 +183,41 @@ def test_echo_is_a_training_aid_off_by_default():
         assert sum(ex.mask) > len(text.split())  # the copy is learned, token by token
     mixed = generate_tasks(100, seed=4, weights={"echo": 0.5})
     assert 20 < sum(t.family == "echo" for t in mixed) < 60
+
+
+def test_search_snippets_and_notes_look_like_the_real_backends():
+    """FakeSearch results carry the start of the text when asked (32 words, as the local index's FTS5 snippet);
+    ``file:`` documents are Markdown notes with a heading first, as ``gptoss index add`` serves them."""
+    import random
+
+    from gptoss.tools.browser.tool import BrowserTool
+    from gptoss.train.world import _PLACES, FakeSearch, _place_doc
+
+    rng = random.Random(0)
+    doc, facts = _place_doc(rng, "Okafor", _PLACES[0], notes="/home/ada/notes")
+    web, _ = _place_doc(rng, "Okafor", _PLACES[1])
+    assert doc.url == "file:///home/ada/notes/okafor-bridge.md" and doc.lines[:2] == ("# Okafor Bridge", "")
+    long = doc.__class__("https://x.org/a", "Okafor Long", tuple(f"word{i}" for i in range(40)))
+    results = FakeSearch([doc, web, long], snippets=True).search("Okafor", 5)
+    assert results[0].snippet.startswith("Okafor Bridge Okafor Bridge is a bridge in")
+    assert str(facts["year"]) in results[0].snippet and results[2].snippet.endswith("word31…")
+    assert all(not r.snippet for r in FakeSearch([doc, web]).search("Okafor", 5))
+    tool = BrowserTool(FakeSearch([doc]))
+    tool.search("Okafor Bridge")
+    page = tool.open(id=0)
+    assert "\nL0: # Okafor Bridge\n" in page and f"\nL{facts['line']['city']}: Okafor Bridge is a bridge" in page
+
+
+def test_browser_tasks_mix_web_pages_notes_and_snippets(tasks):
+    browser = [t for t in generate_tasks(60, seed=5, weights={**{f: 0 for f in FAMILIES}, "browser": 1})]
+    notes = [t for t in browser if t.expect["url"].startswith("file://")]
+    assert 5 < len(notes) < 40 and all(t.snippets for t in notes)
+    assert 0 < sum(t.snippets for t in browser if t not in notes) < len(browser) - len(notes)
+
+
+def test_echo_copies_emails_tickers_and_lowercase_words():
+    from gptoss.train.world import PRODUCTS, TICKERS
+
+    echo = generate_tasks(60, seed=6, weights={**{f: 0 for f in FAMILIES}, "echo": 1})
+    text = " ".join(t.expect["contains"] for t in echo)
+    assert "@" in text and any(s in text for s in TICKERS) and any(p in text for p in PRODUCTS)

@@ -128,3 +128,33 @@ def test_shared_codes_give_each_capitalised_piece_a_distinct_triple():
         want = param.parts[codes[codes[:, 0] == i, 1]].sum(0) / CODE_ACTIVE ** 0.5
         torch.testing.assert_close(model.embedding.weight[r], want)
     torch.testing.assert_close(model.embedding.weight[rows[" the"]], plain)
+
+
+def test_lowercase_codes_add_a_distinct_triple_to_each_lowercase_piece():
+    """With ``lowercase``, lowercase pieces (items, e-mail parts, argument names) get their own row plus a code of a
+    second shared set, the own row zero at first; capitalised codes are unchanged and no triple is used twice."""
+    from gptoss.tokenizer import get_tokenizer
+    from gptoss.train.init import CODE_ACTIVE, lowercase_piece, share_codes
+
+    tok = get_tokenizer()
+    texts = (" Oslo", " Paris", " toaster", " the", "thomas.das@example.org", "duration_minutes", "42", ",")
+    ids = {t for w in texts for t in tok.encode(w)}
+    cfg = dataclasses.replace(_cfg(), kept_token_ids=tuple(sorted(set(range(10)) | ids)))
+    rows = {tok.decode([t]): i for i, t in enumerate(cfg.kept_token_ids)}
+    assert lowercase_piece(" toaster") and lowercase_piece("@example") and lowercase_piece("_minutes")
+    assert not (lowercase_piece(" Oslo") or lowercase_piece("42") or lowercase_piece(",") or lowercase_piece(". x"))
+    lower = sorted(r for w, r in rows.items() if lowercase_piece(w))
+    capitals = init_model(cfg, 0)
+    n_capitals = share_codes(capitals, 0)
+    model = init_model(cfg, 0)
+    assert share_codes(model, 0, lowercase=True) == n_capitals + len(lower) and len(lower) >= 6
+    first, second = model.embedding.parametrizations.weight
+    assert torch.equal(first.compose, capitals.embedding.parametrizations.weight[0].compose)
+    assert sorted(second.rows.tolist()) == lower and second.residual and not first.residual
+    triples = [tuple(c.nonzero().flatten().tolist()) for p in (first, second) for c in p.compose]
+    assert len(set(triples)) == len(triples) and all(len(t) == CODE_ACTIVE for t in triples)
+    own = model.embedding.parametrizations.weight.original
+    assert not own[second.rows].any() and own[rows[","]].any()  # coded rows start as their code alone
+    r = rows[" toaster"]
+    k = second.rows.tolist().index(r)
+    torch.testing.assert_close(model.embedding.weight[r], second.compose[k] @ second.parts)

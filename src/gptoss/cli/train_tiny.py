@@ -25,11 +25,12 @@ from gptoss.cli.train import step_info
 SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
          "intermediate": 256, "window": 128, "context": 4096}
 RECIPE = {"seed": 0, "conversations": 24000, "steps": 2000, "batch_size": 16, "lr": 1e-3, "init": "torch",
-          "shared_digits": True, "curriculum": 400, "copy_warmup": 200, "shared_codes": True,
+          "shared_digits": True, "curriculum": 400, "copy_warmup": 400, "shared_codes": True,
+          "lowercase_codes": True,
           "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=3",
           "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13,echo=0.15"}
 EVAL_CONVERSATIONS = 96
-ENCODING_VERSION = 2  # bump when train.data's tokens or masks change (invalidates cached corpora)
+ENCODING_VERSION = 3  # bump when train.data's tokens or masks change (invalidates cached corpora)
 SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)
 
 EPILOG = """The defaults are the recipe of the bundled model; the same options write the same bytes.
@@ -81,9 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared-codes", action=argparse.BooleanOptionalAction, default=RECIPE["shared_codes"],
                    help="capitalised word pieces (names, cities, codes): rows as sums of 3 of 48 shared vectors, "
                         "a distinct triple per token (default: %(default)s)")
+    p.add_argument("--lowercase-codes", action=argparse.BooleanOptionalAction, default=RECIPE["lowercase_codes"],
+                   help="with --shared-codes, lowercase word pieces too (items, labels, e-mail addresses, argument "
+                        "names): a shared code added to each row, in the copy warm-up's pool (default: %(default)s)")
     p.add_argument(
         "--copy-warmup", type=non_negative_int, default=RECIPE["copy_warmup"], metavar="STEPS",
-        help="before the corpus, STEPS steps of a pure copy task over name and number tokens, so the model has a "
+        help="before the corpus, STEPS steps of a pure copy task over word-piece and number tokens, so the model has a "
              "copying circuit to build tool use on (gptoss.train.copy_warmup) (default: %(default)s)")
     p.add_argument(
         "--curriculum", type=non_negative_int, default=RECIPE["curriculum"], metavar="STEPS",
@@ -239,7 +243,9 @@ def run(args: argparse.Namespace) -> int:
     if args.shared_spelling:
         console.print(f"shared spelling vectors: {share_spelling(model, args.seed)} letter rows", highlight=False)
     if args.shared_codes:
-        console.print(f"shared code vectors: {share_codes(model, args.seed)} capitalised rows", highlight=False)
+        n = share_codes(model, args.seed, lowercase=args.lowercase_codes)
+        console.print(f"shared code vectors: {n} {'word piece' if args.lowercase_codes else 'capitalised'} rows",
+                      highlight=False)
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
                          max_seq_len=1024, lr=args.lr, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
                          eval_every=100, save_every=100, seed=args.seed, length_bucket=16,
@@ -300,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
 def _copy_warmup(model, kept_ids, args: argparse.Namespace, console: Console) -> None:
     from gptoss.train.copy_warmup import copy_pool, copy_warmup
 
-    pool = copy_pool(kept_ids)
+    pool = copy_pool(kept_ids, lowercase=args.shared_codes and args.lowercase_codes)
     t0 = time.perf_counter()
 
     def on_step(step: int, loss: float, acc: float) -> None:
@@ -323,6 +329,7 @@ def _argv(args: argparse.Namespace, steps: int) -> str:
     parts += [f"--init {args.init}", "--shared-digits" if args.shared_digits else "--no-shared-digits"]
     parts += ["--shared-spelling"] if args.shared_spelling else []
     parts += ["--shared-codes" if args.shared_codes else "--no-shared-codes"]
+    parts += ["--lowercase-codes" if args.lowercase_codes else "--no-lowercase-codes"] if args.shared_codes else []
     parts += [f"--copy-warmup {args.copy_warmup}"] if args.copy_warmup else []
     parts += [f"--curriculum {args.curriculum}", f"--curriculum-weights {args.curriculum_weights}"] \
         if args.curriculum else []

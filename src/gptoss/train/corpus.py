@@ -62,6 +62,8 @@ from gptoss.train.world import (
     LAST_NAMES,
     PRODUCTS,
     SPECIES,
+    TICKERS,
+    TIMER_LABELS,
     ArithmeticPython,
     DeclaredFunction,
     Doc,
@@ -77,6 +79,8 @@ from gptoss.train.world import (
     _steps,
     compact_json,
     declare,
+    email_address,
+    notes_folder,
     split_of,
 )
 
@@ -86,6 +90,8 @@ AUX_FAMILIES = ("echo",)
 DEFAULT_WEIGHTS = {"python": 0.22, "functions": 0.25, "browser": 0.18, "json": 0.17, "chat": 0.18, "echo": 0.0}
 SPLITS = ("train", "heldout")
 MAX_BODY_TOKENS = 350  # tokens after the system message (whose tool descriptions are fixed boilerplate)
+# Search results with snippets (3 x ~40 words) need more; under 350 almost every notes task was dropped.
+MAX_BROWSER_BODY_TOKENS = 560
 MAX_TRIES = 2000
 TINY_NAME = "gpt-oss-tiny"
 
@@ -105,6 +111,7 @@ class Task:
     browser: bool = False
     functions: tuple[DeclaredFunction, ...] = ()
     docs: tuple[Doc, ...] = ()
+    snippets: bool = False  # search results carry text (FakeSearch)
 
     @property
     def prompt(self) -> list[Message]:
@@ -118,7 +125,7 @@ class Task:
         if self.python:
             registry.add(ArithmeticPython())
         if self.browser:
-            registry.add(BrowserTool(FakeSearch(self.docs)))
+            registry.add(BrowserTool(FakeSearch(self.docs, self.snippets)))
         return registry
 
     def meta(self) -> dict[str, str]:
@@ -252,8 +259,9 @@ def _browser_task(rng: random.Random, effort: str) -> tuple[Task, Callable[[_Bui
     kind = rng.choice(_PLACES)
     name, other_name = rng.sample(LAST_NAMES, 2)
     other_kind = rng.choice([k for k in _PLACES if k is not kind])
-    doc, facts = _place_doc(rng, name, kind)
-    docs = [doc, _place_doc(rng, name, other_kind)[0], _place_doc(rng, other_name, kind)[0]]
+    notes = notes_folder(rng) if rng.random() < 0.35 else None  # a user's indexed notes, or the web
+    doc, facts = _place_doc(rng, name, kind, notes)
+    docs = [doc, _place_doc(rng, name, other_kind, notes)[0], _place_doc(rng, other_name, kind, notes)[0]]
     docs = docs[:rng.choice((2, 3))]  # one or two distractors sharing a word with the query
     rng.shuffle(docs)
     result_id = docs.index(doc)
@@ -268,6 +276,7 @@ def _browser_task(rng: random.Random, effort: str) -> tuple[Task, Callable[[_Bui
     value = str(facts[fact])
     line = facts["line"][fact]
     task = _new_task(rng, "browser", fact, effort, question, browser=True, docs=docs)
+    task.snippets = notes is not None or rng.random() < 0.5
     task.expect.update(url=doc.url, line=line, value=value, query=entity)
     open_args = {"cursor": 0, "id": result_id} if rng.random() < 0.3 else {"id": result_id}
 
@@ -429,11 +438,13 @@ _ECHO_REQUESTS = ("Repeat exactly: {text}", "Say this back to me: {text}", "Copy
 
 def _echo_value(rng: random.Random) -> str:
     """One value of the kinds the other families copy: numbers of any length, prices, dates, clock times, names,
-    cities, items (more than half names and cities: they are the hardest to copy)."""
+    cities, tickers, e-mail addresses, items, products and labels (names, cities and lowercase words most: they
+    are the hardest to copy)."""
     makers: tuple[Callable[[], str], ...] = (
         lambda: str(_number(rng, 1, 9)), lambda: str(_number(rng, 1, 9)), lambda: str(_price(rng)),
-        lambda: _date(rng), lambda: _clock(rng), lambda: rng.choice(ITEMS),
-        *[lambda: _person(rng)] * 4, *[lambda: rng.choice(CITIES)] * 4)
+        lambda: _date(rng), lambda: _clock(rng), lambda: rng.choice(TICKERS), *[lambda: email_address(rng)] * 2,
+        lambda: rng.choice(ITEMS), lambda: rng.choice(PRODUCTS), lambda: rng.choice(TIMER_LABELS),
+        *[lambda: _person(rng)] * 3, *[lambda: rng.choice(CITIES)] * 3)
     return rng.choice(makers)()
 
 
@@ -491,7 +502,7 @@ def make_task(rng: random.Random, family: str, split: str = "train") -> Task:
         if split_of(family, _instructions_text(task), _user_text(task)) != split:
             continue
         build(_Builder(task))
-        if body_tokens(task.messages) <= MAX_BODY_TOKENS:
+        if body_tokens(task.messages) <= (MAX_BROWSER_BODY_TOKENS if family == "browser" else MAX_BODY_TOKENS):
             return task
     raise RuntimeError(f"could not draw a {family!r} conversation for split {split!r}")  # pragma: no cover
 

@@ -122,24 +122,35 @@ def capitalised_piece(text: str) -> bool:
     return word.isascii() and word.isalpha() and word[0].isupper()
 
 
-def share_codes(model: Transformer, seed: int) -> int:
+def lowercase_piece(text: str) -> bool:
+    """A lowercase ASCII-letter word piece, bare or after one space, dot, "@", "_" or "-": the items, labels,
+    e-mail addresses and argument names the corpus copies (``" toaster"``, ``".das"``, ``"@example"``)."""
+    word = text[1:] if text[:1] in (" ", ".", "@", "_", "-") else text
+    return word.isascii() and word.isalpha() and word[0].islower()
+
+
+def share_codes(model: Transformer, seed: int, lowercase: bool = False) -> int:
     """Capitalised word pieces get rows that are sums of 3 of 48 shared vectors, a distinct random triple per
     token: a low-rank code (as the digits' is) that copying can carry through the 32-wide attention heads, where
-    each piece's own identity is rare in the corpus."""
+    each piece's own identity is rare in the corpus. ``lowercase``: lowercase pieces too (:func:`lowercase_piece`),
+    each with a distinct triple of a second set added to its own row, which keeps a common word's meaning."""
     import random
 
     rng, used = random.Random(seed + 20), set()
 
-    def features(text: str) -> list[int] | None:
-        if not capitalised_piece(text):
+    def code(text: str, wanted) -> list[int] | None:
+        if not wanted(text):
             return None
-        code: tuple[int, ...] = ()
-        while not code or code in used:
-            code = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
-        used.add(code)
-        return list(code)
+        triple: tuple[int, ...] = ()
+        while not triple or triple in used:
+            triple = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
+        used.add(triple)
+        return list(triple)
 
-    return _share_rows(model, seed + 20, CODE_PARTS, features)
+    n = _share_rows(model, seed + 20, CODE_PARTS, lambda text: code(text, capitalised_piece))
+    if lowercase:
+        n += _share_rows(model, seed + 21, CODE_PARTS, lambda text: code(text, lowercase_piece), residual=True)
+    return n
 
 
 def _share_rows(model: Transformer, seed: int, n_parts: int, features, residual: bool = False) -> int:

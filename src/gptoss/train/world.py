@@ -327,8 +327,7 @@ FN_KINDS: dict[str, FnKind] = {k.key: k for k in (
     FnKind("email", ("send_email", "email_send"), "Send a short email.",
            (Param("to", ("to", "recipient"), {"type": "string"}),
             Param("subject", ("subject",), {"type": "string"})),
-           lambda r: {"to": f"{r.choice(FIRST_NAMES).lower()}.{r.choice(LAST_NAMES).lower()}@"
-                            f"{r.choice(MAIL_DOMAINS)}", "subject": _fill(r.choice(SUBJECTS), r)},
+           lambda r: {"to": email_address(r), "subject": _fill(r.choice(SUBJECTS), r)},
            {"": ("Email {to} with the subject {subject}.", "Send an email to {to} about {subject}.")},
            "an email to {to}", lambda v, h: {"status": "sent", "message_id": h % 90000 + 10000},
            "I sent the email about {subject} to {to}."),
@@ -430,22 +429,33 @@ class Doc:
     lines: tuple[str, ...]
 
 
+SNIPPET_WORDS = 32  # as the local index's FTS5 snippet() window
+
+
 class FakeSearch:
     """A :class:`~gptoss.tools.browser.tool.SearchBackend` over a few documents: a document matches when a query
-    word is a word of its title; matches come back in the order the documents were given."""
+    word is a word of its title; matches come back in the order the documents were given. ``snippets``: each
+    result carries the start of its text, as the local index and most web backends give (the model must still
+    open the page to cite a line); ``file:`` documents are Markdown notes, as ``gptoss index add`` serves them."""
 
-    def __init__(self, docs: Sequence[Doc]) -> None:
+    def __init__(self, docs: Sequence[Doc], snippets: bool = False) -> None:
         self.docs = list(docs)
+        self.snippets = snippets
 
     def search(self, query: str, topn: int) -> list[Result]:
         words = set(re.findall(r"\w+", query.lower()))
         hits = [d for d in self.docs if words & set(re.findall(r"\w+", d.title.lower()))]
-        return [Result(d.url, d.title) for d in hits[:topn]]  # no snippets: titles suffice, tokens are dear
+        return [Result(d.url, d.title, self._snippet(d) if self.snippets else "") for d in hits[:topn]]
+
+    @staticmethod
+    def _snippet(doc: Doc) -> str:
+        text = " ".join(line.removeprefix("# ") for line in doc.lines if line).split()
+        return " ".join(text[:SNIPPET_WORDS]) + ("…" if len(text) > SNIPPET_WORDS else "")
 
     def fetch(self, url: str) -> Page:
         for d in self.docs:
             if d.url == url:
-                return Page(url=d.url, title=d.title, text="\n".join(d.lines))
+                return Page(url=d.url, title=d.title, text="\n".join(d.lines), markdown=url.startswith("file:"))
         raise LookupError("404 Not Found")
 
 
@@ -489,7 +499,9 @@ _PLACES = (
 _PLACE_BY_WORD = {k.word: k for k in _PLACES}
 
 
-def _place_doc(rng: random.Random, name: str, kind: PlaceKind) -> tuple[Doc, dict]:
+def _place_doc(rng: random.Random, name: str, kind: PlaceKind, notes: str | None = None) -> tuple[Doc, dict]:
+    """A page about ``name``'s ``kind`` and its facts (with the line each is on). ``notes``: a Markdown file in
+    that folder (``file:`` URL, a heading first), as a user's indexed notes are."""
     entity = f"{name} {kind.word}"
     facts = {"year": rng.randint(1700, 2020), "size": rng.randint(3, 1500), "count": _number(rng, 3, 7),
              "city": rng.choice(CITIES)}
@@ -499,7 +511,21 @@ def _place_doc(rng: random.Random, name: str, kind: PlaceKind) -> tuple[Doc, dic
     lines = [f"{entity} is a {kind.word.lower()} in {facts['city']}."]
     lines += [sentence[f].format(**facts) for f in order]
     slug = entity.lower().replace(" ", "-")
-    doc = Doc(f"https://{rng.choice(WEB_DOMAINS)}/{slug}", entity, tuple(lines))
-    return doc, {"entity": entity, **facts, "line": {"city": 0, **{f: i + 1 for i, f in enumerate(order)}}}
+    top = 0
+    if notes is None:
+        doc = Doc(f"https://{rng.choice(WEB_DOMAINS)}/{slug}", entity, tuple(lines))
+    else:
+        doc, top = Doc(f"file://{notes}/{slug}.md", entity, (f"# {entity}", "", *lines)), 2
+    return doc, {"entity": entity, **facts, "line": {"city": top, **{f: top + i + 1 for i, f in enumerate(order)}}}
+
+
+def notes_folder(rng: random.Random) -> str:
+    """An absolute folder of Markdown notes, as a user indexes one."""
+    user = rng.choice(FIRST_NAMES).lower()
+    return rng.choice((f"/home/{user}/notes", f"/home/{user}/Documents/wiki", f"/Users/{user}/notes"))
+
+
+def email_address(rng: random.Random) -> str:
+    return f"{rng.choice(FIRST_NAMES).lower()}.{rng.choice(LAST_NAMES).lower()}@{rng.choice(MAIL_DOMAINS)}"
 
 
