@@ -79,8 +79,9 @@ def test_ctrl_c_stops_the_answer_not_the_chat(tiny_checkpoint):
         child.expect(">>> ")
         child.sendline("/effort low")  # still alive and responsive
         child.expect("reasoning effort: low")
+        child.expect(">>> ")  # wait for the prompt: a Ctrl-C sent before it would land on the next line typed
         child.sendintr()  # Ctrl-C at the prompt only clears the line
-        child.expect(">>> ")
+        child.expect(">>> ")  # a fresh prompt
         child.sendline("/exit")
         child.expect(pexpect.EOF)
     finally:
