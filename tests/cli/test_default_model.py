@@ -88,9 +88,11 @@ NOTES = {  # a user's small notes folder (names the tiny model's vocabulary has 
 
 @pytest.fixture
 def notes_dir():
-    """A short path, as a user's ``~/notes`` is: the tiny model reads the page's URL, and a long pytest path of
-    pieces its trimmed vocabulary lacks throws it off (it then runs to --max-tokens)."""
-    folder = Path(tempfile.mkdtemp(prefix="notes-"))
+    """A short fixed path, as a user's ``~/notes`` is: the tiny model reads the page's URL, and a long or random
+    path of pieces its trimmed vocabulary lacks throws it off (it then runs to --max-tokens)."""
+    folder = Path(tempfile.gettempdir()) / "gptoss-notes"  # fixed: a random suffix changes what the model reads
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
