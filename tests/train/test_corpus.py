@@ -221,3 +221,21 @@ def test_echo_copies_emails_tickers_and_lowercase_words():
     echo = generate_tasks(60, seed=6, weights={**{f: 0 for f in FAMILIES}, "echo": 1})
     text = " ".join(t.expect["contains"] for t in echo)
     assert "@" in text and any(s in text for s in TICKERS) and any(p in text for p in PRODUCTS)
+
+
+def test_heldout_function_prompts_are_varied_and_their_values_seen_in_training():
+    """Held-out function prompts must test copying, not recall: they are mostly distinct (with 35 tickers and
+    two timer wordings, "What is the stock price of JPM?" was 4 of 200), and each ticker and timer label they
+    ask for also occurs in training prompts, in another wording (6,000 function conversations: train-tiny's corpus
+    has about 7,000)."""
+    from gptoss.train.world import TICKERS, TIMER_LABELS
+
+    held = generate_tasks(200, seed=0, split="heldout", families=["functions"])
+    prompts = [t.messages[t.prompt_len - 1].content[0].text for t in held]
+    assert len(set(prompts)) >= 0.85 * len(prompts)
+    train = " ".join(t.messages[t.prompt_len - 1].content[0].text
+                     for t in generate_tasks(6000, seed=0, families=["functions"]))
+    asked = {v for t in held if t.kind in ("stock", "timer") for v in t.expect["arguments"].values()
+             if isinstance(v, str)}
+    assert asked and asked <= set(TICKERS) | set(TIMER_LABELS)
+    assert all(f" {v}" in train for v in asked)

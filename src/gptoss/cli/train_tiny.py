@@ -28,9 +28,9 @@ RECIPE = {"seed": 0, "conversations": 24000, "steps": 2000, "batch_size": 16, "l
           "shared_digits": True, "curriculum": 400, "copy_warmup": 400, "shared_codes": True,
           "lowercase_codes": True,
           "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=3",
-          "weights": "python=0.22,functions=0.28,browser=0.22,json=0.15,chat=0.13,echo=0.15"}
+          "weights": "python=0.2,functions=0.34,browser=0.2,json=0.15,chat=0.11,echo=0.15"}
 EVAL_CONVERSATIONS = 96
-ENCODING_VERSION = 3  # bump when train.data's tokens or masks change (invalidates cached corpora)
+ENCODING_VERSION = 4  # bump when train.data's tokens or masks change (invalidates cached corpora)
 SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)
 
 EPILOG = """The defaults are the recipe of the bundled model; the same options write the same bytes.

@@ -61,10 +61,15 @@ ASSISTANT_NAMES = (
     "Nova", "Pip", "Ada", "Juniper", "Orbit", "Echo", "Sage", "Milo", "Luna", "Atlas", "Iris", "Pixel", "Remy",
     "Tala", "Quill", "Bea", "Kit", "Zephyr", "Olive", "Marlo", "Rune", "Cleo", "Dot", "Finch", "Wren",
 )
-TICKERS = (
+TICKERS = (  # many, so that the held-out prompts ask for tickers seen in other wordings, never memorised whole
     "AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA", "META", "NFLX", "INTC", "AMD", "IBM", "ORCL", "SAP", "SONY",
     "NKE", "KO", "PEP", "DIS", "JPM", "BAC", "WMT", "COST", "SHOP", "UBER", "ABNB", "SPOT", "ADBE", "CRM", "QCOM",
-    "BA", "GE", "GM", "XOM", "CVX", "PFE",
+    "BA", "GE", "GM", "XOM", "CVX", "PFE", "CSCO", "AVGO", "TXN", "MU", "ASML", "TSM", "BABA", "PYPL", "SQ", "SNAP",
+    "PINS", "LYFT", "ZM", "ROKU", "ETSY", "EBAY", "BKNG", "MAR", "HLT", "SBUX", "MCD", "YUM", "CMG", "TGT", "HD",
+    "KR", "TM", "HMC", "RACE", "DE", "CAT", "MMM", "HON", "LMT", "RTX", "NOC", "UPS", "FDX", "DAL", "UAL", "AAL",
+    "LUV", "AXP", "GS", "WFC", "BLK", "SCHW", "MO", "PM", "BUD", "DEO", "UL", "PG", "CL", "KMB", "JNJ", "MRK",
+    "ABBV", "LLY", "BMY", "AMGN", "GILD", "MRNA", "BNTX", "CVS", "UNH", "CI", "HUM", "VZ", "TMUS", "CMCSA", "CHTR",
+    "NEE", "DUK", "AMT", "PLD", "SPG", "VTI", "SPY", "QQQ",
 )
 CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "SEK", "NOK", "DKK", "INR", "BRL", "CAD", "AUD", "MXN", "ZAR",
               "KRW", "CNY", "PLN", "NZD", "SGD")
@@ -79,13 +84,17 @@ CONDITIONS = ("sunny", "cloudy", "rainy", "windy", "snowy", "foggy")
 FLIGHT_STATES = ("on time", "delayed", "boarding", "landed")
 COLORS = ("Red", "Blue", "Green", "Golden", "Silver", "Black")
 ANIMALS = ("Lion", "Fox", "Owl", "Bear", "Swan", "Horse")
-TIMER_LABELS = ("pasta", "tea", "laundry", "workout", "nap", "pizza", "eggs", "bread")
+TIMER_LABELS = ("pasta", "tea", "laundry", "workout", "nap", "pizza", "eggs", "bread", "rice", "soup", "cookies",
+                "oven", "coffee", "study", "break", "meeting", "yoga", "homework", "bath", "parking", "pie", "cake",
+                "roast", "beans", "reading", "piano", "dough", "muffins", "stretching", "potatoes")
 EVENT_TITLES = ("Team lunch", "Dentist", "Yoga class", "Project review", "Call with {first}", "Dinner with {first}",
                 "Book club", "Piano lesson", "Budget meeting", "Doctor visit")
 SUBJECTS = ("Lunch on Friday", "Project update", "Meeting notes", "Invoice {n}", "Trip to {city}", "Weekly report",
             "Birthday party")
 TODOS = ("buy milk", "call {first}", "pay rent", "water the plants", "fix the bike", "clean the kitchen",
-         "email {first}", "book a dentist visit")
+         "email {first}", "book a dentist visit", "text {first}", "visit {first} in {city}", "book a hotel in {city}",
+         "renew the passport", "order {n} envelopes", "send {first} the report", "buy a gift for {first}",
+         "plan the trip to {city}", "return the library books", "pay invoice {n}", "wash the car", "meet {first}")
 MAIL_DOMAINS = ("mail.com", "example.org", "post.net", "inbox.io")
 WEB_DOMAINS = ("cityguide.org", "travelwiki.net", "localhistory.com", "urbanfacts.io", "visitnotes.org")
 LANGUAGES = ("Spanish", "French", "German", "Italian")
@@ -303,15 +312,19 @@ FN_KINDS: dict[str, FnKind] = {k.key: k for k in (
             Param("label", ("label",), {"type": "string"}, required=False)),
            lambda r: {"minutes": r.randint(1, 180), **({"label": r.choice(TIMER_LABELS)} if r.random() < 0.5
                                                        else {})},
-           {"": ("Set a timer for {minutes} minutes.", "Start a {minutes} minute timer."),
+           {"": ("Set a timer for {minutes} minutes.", "Start a {minutes} minute timer.",
+                 "Count down {minutes} minutes for me.", "Timer for {minutes} minutes, please."),
             "label": ("Set a {label} timer for {minutes} minutes.", "Start a timer called {label} for {minutes} "
-                      "minutes.")},
+                      "minutes.", "Set a timer for {minutes} minutes labeled {label}.",
+                      "Timer for {minutes} minutes named {label}, please.")},
            "a timer for {minutes} minutes", lambda v, h: {"status": "running", "minutes": v["minutes"]},
            "Your timer for {minutes} minutes is running."),
     FnKind("stock", ("get_stock_price", "stock_quote"), "Get the latest price of a stock.",
            (Param("symbol", ("symbol", "ticker"), {"type": "string"}),),
            lambda r: {"symbol": r.choice(TICKERS)},
-           {"": ("What is the stock price of {symbol}?", "How much is {symbol} trading at?", "Quote {symbol} for me.")},
+           {"": ("What is the stock price of {symbol}?", "How much is {symbol} trading at?", "Quote {symbol} for me.",
+                 "Get me the latest price of {symbol}.", "What is {symbol} at right now?",
+                 "Show the share price of {symbol}.")},
            "the price of {symbol}", lambda v, h: {"symbol": v["symbol"], "price": round(h % 90000 / 100 + 5, 2),
                                                   "currency": "USD"},
            "{symbol} is trading at {price} USD."),
@@ -366,7 +379,8 @@ FN_KINDS: dict[str, FnKind] = {k.key: k for k in (
     FnKind("todo", ("add_todo", "add_task"), "Add an item to the to-do list.",
            (Param("item", ("item", "task"), {"type": "string"}),),
            lambda r: {"item": _fill(r.choice(TODOS), r)},
-           {"": ("Add {item} to my to-do list.", "Remind me to {item}. Put it on my list.")},
+           {"": ("Add {item} to my to-do list.", "Remind me to {item}. Put it on my list.",
+                 "Put {item} on my to-do list.", "I need to {item}. Add it to my tasks.")},
            "to add {item} to the list", lambda v, h: {"status": "added", "open_items": h % 20 + 1},
            "Added {item}. You have {open_items} open items."),
 )}
