@@ -30,8 +30,20 @@ RECIPE = {"seed": 0, "conversations": 24000, "steps": 2000, "batch_size": 16, "l
           "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=3",
           "weights": "python=0.2,functions=0.34,browser=0.2,json=0.15,chat=0.11,echo=0.15"}
 EVAL_CONVERSATIONS = 96
-ENCODING_VERSION = 4  # bump when train.data's tokens or masks change (invalidates cached corpora)
 SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)
+
+def generator_fingerprint() -> str:
+    """sha256 of the corpus generator's and encoder's sources: a cached corpus is rebuilt whenever they change
+    (a hand-bumped version number, as before, is easy to forget)."""
+    import hashlib
+
+    from gptoss.train import corpus, data, world
+
+    digest = hashlib.sha256()
+    for module in (world, corpus, data):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
 
 EPILOG = """The defaults are the recipe of the bundled model; the same options write the same bytes.
 Budget: --steps fixes the run; --minutes times a few steps first and picks --steps to fit (the
@@ -166,7 +178,7 @@ def _corpus(args: argparse.Namespace, work: Path, weights: dict, console: Consol
 
     n_early = args.curriculum * args.batch_size  # each curriculum conversation is seen once
     early_weights = parse_weights(args.curriculum_weights) if n_early else {}
-    key = {"encoding": ENCODING_VERSION, "seed": args.seed, "conversations": args.conversations,
+    key = {"generator": generator_fingerprint(), "seed": args.seed, "conversations": args.conversations,
            "weights": weights, "eval": EVAL_CONVERSATIONS}
     if n_early:
         key["curriculum"] = {"conversations": n_early, "weights": early_weights}
