@@ -158,3 +158,35 @@ def test_lowercase_codes_add_a_distinct_triple_to_each_lowercase_piece():
     r = rows[" toaster"]
     k = second.rows.tolist().index(r)
     torch.testing.assert_close(model.embedding.weight[r], second.compose[k] @ second.parts)
+
+
+def test_paired_codes_share_a_triple_between_a_piece_and_its_prefixed_forms():
+    """With ``paired``, ``" DIS"`` and ``"DIS"`` (a ticker in prose and in JSON) share one triple, the prefixed form
+    adding one prefix vector; unrelated pieces still never share a triple, and without ``paired`` nothing changes."""
+    from gptoss.tokenizer import get_tokenizer
+    from gptoss.train.init import CODE_ACTIVE, CODE_PARTS, PREFIXES, bare_piece, share_codes
+
+    tok = get_tokenizer()
+    texts = (" DIS", "DIS", " Paris", "Paris", " Oslo", " item", "item", " das", "das", " the", "42")
+    ids = {t for w in texts for t in tok.encode(w)}
+    cfg = dataclasses.replace(_cfg(), kept_token_ids=tuple(sorted(set(range(10)) | ids)))
+    assert bare_piece(" DIS") == (" ", "DIS") and bare_piece(".das") == (".", "das") and bare_piece("-") == ("", "-")
+
+    def codes(model) -> dict[str, tuple[int, ...]]:
+        return {tok.decode([cfg.kept_token_ids[r]]): tuple(c.nonzero().flatten().tolist())
+                for p in model.embedding.parametrizations.weight
+                for r, c in zip(p.rows.tolist(), p.compose, strict=True)}
+
+    plain, again, paired = init_model(cfg, 0), init_model(cfg, 0), init_model(cfg, 0)
+    n = share_codes(plain, 0, lowercase=True)
+    assert share_codes(again, 0, lowercase=True) == share_codes(paired, 0, lowercase=True, paired=True) == n
+    before, after = codes(plain), codes(paired)
+    assert codes(again) == before  # deterministic; without pairing the shipped recipe's init is unchanged
+    assert before[" DIS"][:CODE_ACTIVE] != before["DIS"]  # unpaired: unrelated triples
+    space = CODE_PARTS + PREFIXES.index(" ")
+    for word in ("DIS", "Paris", "item", "das"):
+        assert after[" " + word] == (*after[word], space)
+    bare = [c for w, c in after.items() if bare_piece(w)[0] == ""]
+    assert len(set(bare)) == len(bare) and all(len(c) == CODE_ACTIVE for c in bare)
+    assert after[" Oslo"][:CODE_ACTIVE] not in bare and after[" the"][:CODE_ACTIVE] not in bare
+    assert paired.embedding.parametrizations.weight[0].parts.shape[0] == CODE_PARTS + len(PREFIXES)

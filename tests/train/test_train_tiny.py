@@ -14,7 +14,7 @@ from gptoss.models import MANIFEST, default_model_path
 TOY = ["--conversations", "24", "--steps", "3", "--batch-size", "4", "--threads", "1", "--layers", "2",
        "--hidden", "64", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--experts", "4", "--top-k", "2",
        "--intermediate", "64", "--window", "16", "--context", "512", "--curriculum", "1",
-       "--copy-warmup", "2", "--shared-codes"]
+       "--copy-warmup", "2", "--shared-codes", "--paired-codes"]
 
 
 def train_tiny(out, work, *extra: str) -> subprocess.CompletedProcess:
@@ -42,7 +42,8 @@ def test_writes_the_bundle_layout(built):
     assert lineage["shape"]["layers"] == 2 and lineage["final"]["loss"] > 0
     assert "rebuild: `gptoss train-tiny" in (out / "README.md").read_text()
     assert "exported" in proc.stdout and "copy warm-up 2/2" in proc.stdout and "shared code vectors" in proc.stdout
-    assert "--copy-warmup 2" in lineage["command"] and "--shared-codes" in lineage["command"]
+    assert "--copy-warmup 2" in lineage["command"]
+    assert "--shared-codes --lowercase-codes --paired-codes" in lineage["command"]
     model = gptoss.load(str(out), dtype="float32")
     cfg = model.config
     assert cfg.num_hidden_layers == 2 and cfg.num_experts == 4 and cfg.kept_token_ids is not None

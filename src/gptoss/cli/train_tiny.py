@@ -97,6 +97,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowercase-codes", action=argparse.BooleanOptionalAction, default=RECIPE["lowercase_codes"],
                    help="with --shared-codes, lowercase word pieces too (items, labels, e-mail addresses, argument "
                         "names): a shared code added to each row, in the copy warm-up's pool (default: %(default)s)")
+    p.add_argument("--paired-codes", action=argparse.BooleanOptionalAction,
+                   default=RECIPE.get("paired_codes", False),
+                   help="with --shared-codes, a piece and its space- or dot-prefixed form share one code plus a "
+                        "prefix vector, so ' DIS' in a prompt maps onto 'DIS' in JSON arguments (default: %(default)s)")
     p.add_argument(
         "--copy-warmup", type=non_negative_int, default=RECIPE["copy_warmup"], metavar="STEPS",
         help="before the corpus, STEPS steps of a pure copy task over word-piece and number tokens, so the model has a "
@@ -255,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shared_spelling:
         console.print(f"shared spelling vectors: {share_spelling(model, args.seed)} letter rows", highlight=False)
     if args.shared_codes:
-        n = share_codes(model, args.seed, lowercase=args.lowercase_codes)
+        n = share_codes(model, args.seed, lowercase=args.lowercase_codes, paired=args.paired_codes)
         console.print(f"shared code vectors: {n} {'word piece' if args.lowercase_codes else 'capitalised'} rows",
                       highlight=False)
     targs = TrainingArgs(out_dir=str(work), steps=args.steps or RECIPE["steps"], batch_size=args.batch_size,
@@ -342,6 +346,7 @@ def _argv(args: argparse.Namespace, steps: int) -> str:
     parts += ["--shared-spelling"] if args.shared_spelling else []
     parts += ["--shared-codes" if args.shared_codes else "--no-shared-codes"]
     parts += ["--lowercase-codes" if args.lowercase_codes else "--no-lowercase-codes"] if args.shared_codes else []
+    parts += ["--paired-codes"] if args.shared_codes and args.paired_codes else []
     parts += [f"--copy-warmup {args.copy_warmup}"] if args.copy_warmup else []
     parts += [f"--curriculum {args.curriculum}", f"--curriculum-weights {args.curriculum_weights}"] \
         if args.curriculum else []

@@ -262,7 +262,8 @@ def _browser_task(rng: random.Random, effort: str) -> tuple[Task, Callable[[_Bui
     notes = notes_folder(rng) if rng.random() < 0.35 else None  # a user's indexed notes, or the web
     doc, facts = _place_doc(rng, name, kind, notes)
     docs = [doc, _place_doc(rng, name, other_kind, notes)[0], _place_doc(rng, other_name, kind, notes)[0]]
-    docs = docs[:rng.choice((2, 3))]  # one or two distractors sharing a word with the query
+    # none, one or two distractors sharing a word with the query; a lone result teaches "open id 0", not "id 1"
+    docs = docs[:rng.choice((1, 2, 3, 3))]
     rng.shuffle(docs)
     result_id = docs.index(doc)
     entity = facts["entity"]
@@ -372,7 +373,8 @@ def _json_task(rng: random.Random, effort: str) -> tuple[Task, Callable[[_Builde
 
 _GREETINGS = ("Hi!", "Hello!", "Hey there.", "Good morning!", "Good evening!", "Hi, how are you?")
 _NAMED_GREETINGS = ("Hi, I am {first}.", "Hello, my name is {first}.", "Hey, {first} here.")
-_IDENTITY_QUESTIONS = ("Who are you?", "What is your name?", "What should I call you?")
+_IDENTITY_QUESTIONS = ("Who are you?", "What is your name?", "What should I call you?", "What's your name?",
+                       "Who am I talking to?", "Tell me who you are.", "Introduce yourself.", "Do you have a name?")
 _IMPOSSIBLE = (  # (request template, what it needs)
     ("Book a flight to {city} for tomorrow.", "book flights"),
     ("Order a pizza for {first}.", "order food"),

@@ -129,27 +129,42 @@ def lowercase_piece(text: str) -> bool:
     return word.isascii() and word.isalpha() and word[0].islower()
 
 
-def share_codes(model: Transformer, seed: int, lowercase: bool = False) -> int:
+PREFIXES = (" ", ".", "@", "_", "-")  # the one-character prefixes a coded piece may carry (:func:`lowercase_piece`)
+
+
+def bare_piece(text: str) -> tuple[str, str]:
+    """(prefix, word) of a word piece: ``" DIS"`` -> (" ", "DIS"), ``"DIS"`` -> ("", "DIS")."""
+    return (text[0], text[1:]) if text[:1] in PREFIXES and len(text) > 1 else ("", text)
+
+
+def share_codes(model: Transformer, seed: int, lowercase: bool = False, paired: bool = False) -> int:
     """Capitalised word pieces get rows that are sums of 3 of 48 shared vectors, a distinct random triple per
     token: a low-rank code (as the digits' is) that copying can carry through the 32-wide attention heads, where
     each piece's own identity is rare in the corpus. ``lowercase``: lowercase pieces too (:func:`lowercase_piece`),
-    each with a distinct triple of a second set added to its own row, which keeps a common word's meaning."""
+    each with a distinct triple of a second set added to its own row, which keeps a common word's meaning.
+
+    ``paired``: a piece and its prefixed forms (``"DIS"``, ``" DIS"``; ``"das"``, ``".das"``) share one triple, and
+    a prefixed form adds one shared vector per prefix. A value copied from prose (``" DIS"``) into JSON (``"DIS"``)
+    then keeps its code and only drops the prefix vector, instead of jumping to an unrelated triple."""
     import random
 
-    rng, used = random.Random(seed + 20), set()
+    rng, used, by_word = random.Random(seed + 20), set(), {}
+    n_parts = CODE_PARTS + (len(PREFIXES) if paired else 0)
 
     def code(text: str, wanted) -> list[int] | None:
         if not wanted(text):
             return None
-        triple: tuple[int, ...] = ()
-        while not triple or triple in used:
+        prefix, word = bare_piece(text) if paired else ("", text)
+        triple: tuple[int, ...] = by_word.get(word, ())
+        while not triple or (triple in used and word not in by_word):
             triple = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
         used.add(triple)
-        return list(triple)
+        by_word[word] = triple
+        return [*triple, *([CODE_PARTS + PREFIXES.index(prefix)] if prefix else [])]
 
-    n = _share_rows(model, seed + 20, CODE_PARTS, lambda text: code(text, capitalised_piece))
+    n = _share_rows(model, seed + 20, n_parts, lambda text: code(text, capitalised_piece))
     if lowercase:
-        n += _share_rows(model, seed + 21, CODE_PARTS, lambda text: code(text, lowercase_piece), residual=True)
+        n += _share_rows(model, seed + 21, n_parts, lambda text: code(text, lowercase_piece), residual=True)
     return n
 
 
