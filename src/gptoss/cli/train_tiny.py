@@ -24,11 +24,11 @@ from gptoss.cli.train import step_info
 # The recipe of the bundled checkpoint; `gptoss train-tiny` with no options rebuilds it.
 SHAPE = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 2, "head_dim": 32, "experts": 8, "top_k": 2,
          "intermediate": 256, "window": 128, "context": 4096}
-RECIPE = {"seed": 0, "conversations": 24000, "steps": 2000, "batch_size": 16, "lr": 1e-3, "init": "torch",
+RECIPE = {"seed": 0, "conversations": 24000, "steps": 2150, "batch_size": 16, "lr": 1e-3, "init": "torch",
           "shared_digits": True, "curriculum": 400, "copy_warmup": 400, "shared_codes": True,
-          "lowercase_codes": True,
+          "lowercase_codes": True, "paired_codes": True,
           "curriculum_weights": "python=1,functions=0,browser=0,json=0,chat=0,echo=3",
-          "weights": "python=0.2,functions=0.34,browser=0.2,json=0.15,chat=0.11,echo=0.15"}
+          "weights": "python=0.13,functions=0.52,browser=0.15,json=0.13,chat=0.1,echo=0.12"}
 EVAL_CONVERSATIONS = 96
 SHARD = 1000  # conversations per corpus shard (shards are seeded separately, so workers don't change the data)
 
