@@ -97,8 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowercase-codes", action=argparse.BooleanOptionalAction, default=RECIPE["lowercase_codes"],
                    help="with --shared-codes, lowercase word pieces too (items, labels, e-mail addresses, argument "
                         "names): a shared code added to each row, in the copy warm-up's pool (default: %(default)s)")
-    p.add_argument("--paired-codes", action=argparse.BooleanOptionalAction,
-                   default=RECIPE.get("paired_codes", False),
+    p.add_argument("--paired-codes", action=argparse.BooleanOptionalAction, default=RECIPE["paired_codes"],
                    help="with --shared-codes, a piece and its space- or dot-prefixed form share one code plus a "
                         "prefix vector, so ' DIS' in a prompt maps onto 'DIS' in JSON arguments (default: %(default)s)")
     p.add_argument(
