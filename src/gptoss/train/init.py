@@ -122,19 +122,19 @@ def capitalised_piece(text: str) -> bool:
     return word.isascii() and word.isalpha() and word[0].isupper()
 
 
-def lowercase_piece(text: str) -> bool:
-    """A lowercase ASCII-letter word piece, bare or after one space, dot, "@", "_" or "-": the items, labels,
-    e-mail addresses and argument names the corpus copies (``" toaster"``, ``".das"``, ``"@example"``)."""
-    word = text[1:] if text[:1] in (" ", ".", "@", "_", "-") else text
-    return word.isascii() and word.isalpha() and word[0].islower()
-
-
 PREFIXES = (" ", ".", "@", "_", "-")  # the one-character prefixes a coded piece may carry (:func:`lowercase_piece`)
 
 
 def bare_piece(text: str) -> tuple[str, str]:
     """(prefix, word) of a word piece: ``" DIS"`` -> (" ", "DIS"), ``"DIS"`` -> ("", "DIS")."""
     return (text[0], text[1:]) if text[:1] in PREFIXES and len(text) > 1 else ("", text)
+
+
+def lowercase_piece(text: str) -> bool:
+    """A lowercase ASCII-letter word piece, bare or after one space, dot, "@", "_" or "-": the items, labels,
+    e-mail addresses and argument names the corpus copies (``" toaster"``, ``".das"``, ``"@example"``)."""
+    word = bare_piece(text)[1]
+    return word.isascii() and word.isalpha() and word[0].islower()
 
 
 def share_codes(model: Transformer, seed: int, lowercase: bool = False, paired: bool = False) -> int:
@@ -155,11 +155,13 @@ def share_codes(model: Transformer, seed: int, lowercase: bool = False, paired: 
         if not wanted(text):
             return None
         prefix, word = bare_piece(text) if paired else ("", text)
-        triple: tuple[int, ...] = by_word.get(word, ())
-        while not triple or (triple in used and word not in by_word):
-            triple = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
-        used.add(triple)
-        by_word[word] = triple
+        if word not in by_word:  # a new word: a triple no other word has
+            triple: tuple[int, ...] = ()
+            while not triple or triple in used:
+                triple = tuple(sorted(rng.sample(range(CODE_PARTS), CODE_ACTIVE)))
+            used.add(triple)
+            by_word[word] = triple
+        triple = by_word[word]
         return [*triple, *([CODE_PARTS + PREFIXES.index(prefix)] if prefix else [])]
 
     n = _share_rows(model, seed + 20, n_parts, lambda text: code(text, capitalised_piece))
